@@ -1,0 +1,198 @@
+"""Typed configuration for a selffeed run, loaded from YAML with ``key=value`` overrides.
+
+One pydantic model per stage, nested in :class:`RunConfig`. Every field has a working default and a
+description (the Prefect UI renders them as a form). Unknown keys and wrong types are rejected; all
+problems surface as :class:`ConfigError`, whose message is a single line naming the field or file::
+
+    cfg = load_config("data/configs/arithmetic.yaml", ["sample.k=4", "loop.max_rounds=2"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message is one line naming the field or file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ArithmeticConfig(_Section):
+    """The arithmetic recipe: `a+b=` with operands zero-padded to `width` digits and written reversed."""
+
+    width: int = Field(3, ge=1, le=30, description="Operand width W; answers have W+1 digits.")
+    seed_digits: list[int] = Field([2], description="Digit counts of the labelled seed problems.")
+    seed_size: int = Field(400, ge=1, description="Number of labelled seed problems.")
+    seed_extra_digits: list[int] = Field(
+        [3], description="Digit counts of a few extra labelled problems mixed into the seed."
+    )
+    seed_extra_size: int = Field(40, ge=0, description="How many extra labelled problems.")
+    pool_digits: list[int] = Field([3], description="Digit counts of the unlabelled prompt pool.")
+    pool_per_round: int = Field(2000, ge=1, description="Unlabelled prompts sampled each round.")
+    pool_slices: int = Field(4, ge=1, description="Disjoint pool slices; round r uses slice (r-1) mod this.")
+    test_digits: list[int] = Field([2, 3], description="Digit counts of the held-out test problems.")
+    test_per_digits: int = Field(300, ge=1, description="Held-out test problems per digit count.")
+
+
+class ModelConfig(_Section):
+    """Which causal LM to start from: a local checkpoint, or a tiny GPT-2 built from this config."""
+
+    path: str | None = Field(
+        None, description="Local Hugging Face checkpoint directory; empty builds a tiny GPT-2."
+    )
+    n_embd: int = Field(64, ge=8, description="Tiny GPT-2: embedding width.")
+    n_layer: int = Field(3, ge=1, description="Tiny GPT-2: number of layers.")
+    n_head: int = Field(4, ge=1, description="Tiny GPT-2: attention heads.")
+    n_inner: int = Field(256, ge=8, description="Tiny GPT-2: MLP width.")
+    n_positions: int = Field(64, ge=8, description="Tiny GPT-2: maximum sequence length.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Tiny GPT-2: dropout everywhere.")
+
+
+class TrainConfig(_Section):
+    """AdamW on cross-entropy of the completion tokens, for a fixed number of optimizer steps."""
+
+    steps: int = Field(800, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(128, ge=1, description="Sequences per step.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps, then cosine decay.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a fraction of the peak.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class SampleConfig(_Section):
+    """How completions are drawn from the current model."""
+
+    k: int = Field(8, ge=1, le=256, description="Completions per prompt.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_k: int = Field(0, ge=0, description="Top-k truncation; 0 disables.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus truncation; 1 disables.")
+    greedy: bool = Field(False, description="Greedy decoding (k is forced to 1).")
+    batch_prompts: int = Field(128, ge=1, description="Prompts per generate call (x k sequences).")
+    max_new_tokens: int | None = Field(None, ge=1, description="Cap on new tokens; empty = recipe's.")
+
+
+class FilterConfig(_Section):
+    """Which completions are kept. Filters see completions and parsed answers, never true labels."""
+
+    vote: bool = Field(True, description="Self-consistency majority vote over a prompt's k samples.")
+    min_agreement: float = Field(
+        1.0, ge=0, le=1, description="Keep a prompt's majority answer when its share of k is at least this."
+    )
+    min_chars: int = Field(1, ge=0, description="Shortest completion kept (characters).")
+    max_chars: int = Field(10_000, ge=1, description="Longest completion kept (characters).")
+    dedup: bool = Field(True, description="Keep one row per identical (prompt, completion).")
+    verifier: str | None = Field(
+        None, description="Optional 'module:function' called as f(prompt, completion) -> bool."
+    )
+
+
+class LoopConfig(_Section):
+    """Rounds, the training mix and the stop rules."""
+
+    max_rounds: int = Field(4, ge=0, description="Self-improvement rounds after the seed fine-tune.")
+    patience: int = Field(2, ge=1, description="Stop after this many rounds without a new best.")
+    min_delta: float = Field(0.0, ge=0, description="Improvement needed to count as a new best.")
+    loss_threshold: float | None = Field(None, description="Stop once validation loss is at most this.")
+    mix: Literal["accumulate", "latest", "seed_only"] = Field(
+        "accumulate",
+        description="Training mix: seed + kept of all rounds, seed + this round's kept, or seed only "
+        "(the control arm: identical steps, no generated data).",
+    )
+    metric: Literal["accuracy", "accuracy_hardest"] = Field(
+        "accuracy_hardest", description="Validation figure that picks the best round."
+    )
+
+
+class RunConfig(_Section):
+    """Everything one run needs. ``name`` picks the run directory ``<runs_dir>/<name>``."""
+
+    name: str = Field("arith-demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name.")
+    runs_dir: str = Field("runs", description="Parent directory of all runs.")
+    seed: int = Field(0, ge=0, description="Seed for data, init, training and sampling.")
+    threads: int = Field(2, ge=1, description="torch intra-op threads (results depend on it).")
+    recipe: Literal["arithmetic"] = Field("arithmetic", description="Task recipe.")
+    arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    finetune: TrainConfig = Field(default_factory=TrainConfig)
+    retrain: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=400))
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+
+
+def _first_error(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    field = ".".join(str(p) for p in e["loc"]) or "<root>"
+    if e["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{field}'"
+    return f"{source}: field '{field}': {e['msg']} (got {e.get('input')!r})"
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected key=value, e.g. sample.k=4")
+    key, raw = item.split("=", 1)
+    if not key:
+        raise ConfigError(f"override '{item}': empty key")
+    # YAML parsing turns "4" into 4, "true" into True and "[1, 2]" into a list, as in the file.
+    value = yaml.safe_load(raw) if raw != "" else None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted ``key=value`` pairs into a nested dict (values parsed as YAML)."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a nested dict into a :class:`RunConfig`, raising a one-line :class:`ConfigError`."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_first_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}: not valid YAML{where}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+        data = loaded or {}
+    apply_overrides(data, overrides or [])
+    return parse_config(data, source)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The config as YAML, as stored beside a run (``config.yaml``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,132 @@
+"""The on-disk layout of a run. Every other module asks this one for paths; nobody joins them by hand.
+
+::
+
+    <runs_dir>/<name>/
+        config.yaml                 resolved config of the latest invocation
+        run.json                    rounds done, best round, stop reason
+        data/{seed,pool,test}.parquet
+        round-000/model/            seed fine-tune (save_pretrained: safetensors + tokenizer)
+        round-000/metrics.json
+        round-001/samples.parquet   every completion of round 1
+        round-001/kept.parquet      what the filters kept
+        round-001/model/            retrained checkpoint
+        round-001/metrics.json
+
+Writes are atomic: files and checkpoint directories are written under a temporary name in the same
+directory and renamed into place when complete, so a reader never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TMP_MARK = ".tmp-"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run directory."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, runs_dir: str | Path, name: str) -> RunLayout:
+        return cls(Path(runs_dir) / name)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def split(self, name: str) -> Path:
+        """``seed``, ``pool`` or ``test`` Parquet file written by the prepare stage."""
+        return self.data_dir / f"{name}.parquet"
+
+    def round_dir(self, r: int) -> Path:
+        return self.root / f"round-{r:03d}"
+
+    def samples(self, r: int) -> Path:
+        return self.round_dir(r) / "samples.parquet"
+
+    def kept(self, r: int) -> Path:
+        return self.round_dir(r) / "kept.parquet"
+
+    def model(self, r: int) -> Path:
+        return self.round_dir(r) / "model"
+
+    def metrics(self, r: int) -> Path:
+        return self.round_dir(r) / "metrics.json"
+
+    def rounds(self) -> list[int]:
+        """Round numbers whose directory exists, ascending."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in self.root.glob("round-*"):
+            suffix = p.name.removeprefix("round-")
+            if p.is_dir() and suffix.isdigit():
+                out.append(int(suffix))
+        return sorted(out)
+
+    def model_id(self, r: int) -> str:
+        return f"{self.root.name}/round-{r:03d}"
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Works for files and directories; an existing directory at ``path`` is replaced.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            # Directories cannot be renamed over non-empty ones: move the old aside first.
+            old = _tmp_sibling(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (sorted keys, indented, trailing newline)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
