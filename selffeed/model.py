@@ -1,0 +1,118 @@
+"""Causal LMs and tokenizers: build a tiny GPT-2 offline, or load any local Hugging Face checkpoint.
+
+The tiny default uses a character-level ``tokenizers`` model wrapped in ``PreTrainedTokenizerFast``,
+so a checkpoint written by :func:`save_checkpoint` reloads with ``AutoTokenizer.from_pretrained`` and
+``AutoModelForCausalLM.from_pretrained`` like any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from selffeed.config import ModelConfig
+from selffeed.layout import atomic_path
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint path is missing or is not a causal LM; the message names the path."""
+
+
+def char_tokenizer(chars: str) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over ``chars`` (plus pad/eos/unk), left-padding for generation."""
+    vocab = {PAD: 0, EOS: 1, UNK: 2}
+    for ch in dict.fromkeys(chars):  # keeps first occurrence order
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        padding_side="left",
+    )
+
+
+def tiny_gpt2(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> GPT2LMHeadModel:
+    """A randomly initialised GPT-2 sized by ``cfg`` whose special ids match ``tokenizer``."""
+    # GPT2Config defaults bos/eos to 50256, which is out of range for a small vocabulary.
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=cfg.n_inner,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Raise :class:`ModelLoadError` unless ``path`` holds a causal-LM config (weights not loaded)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelLoadError(f"model.path '{p}': no such directory (expected a save_pretrained checkpoint)")
+    if not (p / "config.json").is_file():
+        raise ModelLoadError(f"model.path '{p}': no config.json (expected a save_pretrained checkpoint)")
+    try:
+        model_type = AutoConfig.from_pretrained(p, local_files_only=True).model_type
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"model.path '{p}': unreadable config.json ({_first_line(err)})") from None
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(f"model.path '{p}': model type '{model_type}' is not a causal LM")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local directory (never from a hub)."""
+    p = Path(path)
+    check_checkpoint(p)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except Exception as err:  # torn weights raise SafetensorError, odd configs TypeError, ...
+        raise ModelLoadError(f"model.path '{p}': not a loadable causal LM checkpoint ({_first_line(err)})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """``save_pretrained`` model (safetensors) and tokenizer into ``path``, atomically."""
+    with atomic_path(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def param_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,125 @@
+"""The arithmetic recipe: multi-digit addition with answers the recipe can verify.
+
+Format (chosen because small transformers learn carries far better least-significant digit first):
+operands are zero-padded to ``width`` digits and written reversed; the answer is padded to
+``width + 1`` digits and reversed too. With width 3, ``123 + 45`` becomes prompt ``321+540=`` and
+completion ``8610``. Every prompt and every answer has a fixed length, so batches need no padding.
+
+The recipe knows true answers, but the loop only asks for them to validate and to report how precise
+the filter was; the pool handed to sampling and filtering carries no answers.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+
+from selffeed.config import ArithmeticConfig
+
+CHARS = "0123456789+="
+
+
+def encode(a: int, b: int, width: int) -> str:
+    """Prompt for ``a + b``: ``encode(123, 45, 3) == '321+540='``."""
+    return f"{a:0{width}d}"[::-1] + "+" + f"{b:0{width}d}"[::-1] + "="
+
+
+def decode(prompt: str) -> tuple[int, int]:
+    """Operands of a prompt: ``decode('321+540=') == (123, 45)``."""
+    left, right = prompt.rstrip("=").split("+")
+    return int(left[::-1]), int(right[::-1])
+
+
+def answer_text(total: int, width: int) -> str:
+    """Completion for a sum: ``answer_text(168, 3) == '8610'``."""
+    return f"{total:0{width + 1}d}"[::-1]
+
+
+def true_completion(prompt: str, width: int) -> str:
+    a, b = decode(prompt)
+    return answer_text(a + b, width)
+
+
+def parse_answer(completion: str, width: int) -> str | None:
+    """The answer of a completion if it is well-formed (``width + 1`` digits), else None."""
+    text = completion.strip()
+    if len(text) != width + 1 or not text.isdigit():
+        return None
+    return text
+
+
+def digits_of(a: int, b: int) -> int:
+    """Difficulty bucket: the digit count of the longer operand."""
+    return max(len(str(a)), len(str(b)))
+
+
+def _draw(rng: random.Random, digits: int) -> tuple[int, int]:
+    # Both operands have at most `digits` digits and at least one has exactly that many.
+    lo = 0 if digits == 1 else 10 ** (digits - 1)
+    hi = 10**digits - 1
+    a = rng.randint(lo, hi)
+    b = rng.randint(0, hi)
+    return (a, b) if rng.random() < 0.5 else (b, a)
+
+
+def count_problems(digits: int) -> int:
+    """How many ordered pairs (a, b) have exactly ``digits`` digits in the longer operand."""
+    return 10 ** (2 * digits) - (10 ** (2 * (digits - 1)) if digits > 1 else 0)
+
+
+def _problems(
+    rng: random.Random, digits: list[int], n: int, width: int, taken: set[str], field: str
+) -> pd.DataFrame:
+    """``n`` distinct problems spread evenly over ``digits``, none of them in ``taken``."""
+    if not digits:
+        raise ValueError(f"arithmetic.{field}: needs at least one digit count")
+    for d in digits:
+        if not 1 <= d <= width:
+            raise ValueError(f"arithmetic.{field}: digit count {d} must be between 1 and width={width}")
+    quotas = {d: n // len(digits) + (1 if i < n % len(digits) else 0) for i, d in enumerate(digits)}
+    rows = []
+    for d, quota in quotas.items():
+        used = sum(1 for p in taken if digits_of(*decode(p)) == d)
+        if quota > count_problems(d) - used:
+            raise ValueError(
+                f"arithmetic.{field}: asks for {quota} {d}-digit problems but only "
+                f"{count_problems(d) - used} distinct ones are left"
+            )
+        got = 0
+        while got < quota:
+            a, b = _draw(rng, d)
+            prompt = encode(a, b, width)
+            if prompt in taken:
+                continue
+            taken.add(prompt)
+            rows.append({"prompt": prompt, "difficulty": d})
+            got += 1
+    return pd.DataFrame(rows, columns=["prompt", "difficulty"])
+
+
+def make_splits(cfg: ArithmeticConfig, seed: int, rounds: int) -> dict[str, pd.DataFrame]:
+    """Disjoint ``seed`` (labelled), ``pool`` (unlabelled) and ``test`` (held-out, labelled) frames.
+
+    ``pool`` has ``pool_per_round * min(rounds, pool_slices)`` prompts and a ``slice`` column.
+    """
+    rng = random.Random(seed)
+    taken: set[str] = set()
+    # Test first, so that the seed and the pool never contain a held-out problem.
+    test = _problems(rng, cfg.test_digits, cfg.test_per_digits * len(cfg.test_digits), cfg.width, taken, "test_digits")
+    seed_df = _problems(rng, cfg.seed_digits, cfg.seed_size, cfg.width, taken, "seed_digits")
+    if cfg.seed_extra_size:
+        extra = _problems(rng, cfg.seed_extra_digits, cfg.seed_extra_size, cfg.width, taken, "seed_extra_digits")
+        seed_df = pd.concat([seed_df, extra], ignore_index=True)
+    n_slices = max(1, min(rounds, cfg.pool_slices))
+    pool = _problems(rng, cfg.pool_digits, cfg.pool_per_round * n_slices, cfg.width, taken, "pool_digits")
+    pool["slice"] = [i // cfg.pool_per_round for i in range(len(pool))]
+    for df in (test, seed_df):
+        df["completion"] = [true_completion(p, cfg.width) for p in df["prompt"]]
+    pool.insert(0, "prompt_id", range(len(pool)))
+    return {"seed": seed_df, "pool": pool, "test": test}
+
+
+def max_new_tokens(cfg: ArithmeticConfig) -> int:
+    """Answer digits plus the end-of-sequence token."""
+    return cfg.width + 2
