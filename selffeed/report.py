@@ -1,0 +1,46 @@
+"""Plain-text reports of a run: the per-round table and the comparison with a control arm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def round_table(history: Sequence[dict[str, Any]]) -> str:
+    """One line per round: sizes, filter precision, held-out accuracy per difficulty, stage times."""
+    buckets = sorted({d for m in history for d in m["accuracy_by_difficulty"]}, key=int)
+    stages = ["finetune", "sample", "filter", "retrain", "validate"]
+    head = (
+        ["round", "train", "kept", "precision"]
+        + [f"acc@{d}" for d in buckets]
+        + ["acc", "loss"]
+        + [f"{s}_s" for s in stages]
+    )
+    rows = [head]
+    for m in history:
+        times = m.get("seconds", {})
+        rows.append(
+            [str(m["round"]), _fmt(m.get("train_size"), "d"), _fmt(m.get("kept"), "d"), _fmt(m.get("kept_precision"))]
+            + [_fmt(m["accuracy_by_difficulty"].get(d)) for d in buckets]
+            + [_fmt(m["accuracy"]), _fmt(m["loss"])]
+            + [_fmt(times.get(s), ".1f") for s in stages]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def comparison(main: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]], label: str = "seed-only") -> str:
+    """Final-round held-out accuracy per difficulty of the loop vs a control with the same steps."""
+    a, b = main[-1], control[-1]
+    buckets = sorted(a["accuracy_by_difficulty"], key=int)
+    lines = [f"final round {a['round']} (same training steps in both arms)"]
+    lines.append(f"{'difficulty':>10}  {'self-improve':>12}  {label:>12}  {'delta':>7}")
+    for d in buckets:
+        x, y = a["accuracy_by_difficulty"][d], b["accuracy_by_difficulty"].get(d)
+        lines.append(f"{d:>10}  {x:12.3f}  {_fmt(y):>12}  {(x - y) if y is not None else 0:+7.3f}")
+    lines.append(f"{'all':>10}  {a['accuracy']:12.3f}  {b['accuracy']:12.3f}  {a['accuracy'] - b['accuracy']:+7.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Validation on held-out labelled data: greedy exact-match accuracy (overall and per difficulty),
+plus teacher-forced loss and perplexity on the true completions.
+
+::
+
+    m = evaluate(model, tok, test_df, parse_answer, max_new_tokens=5)
+    m["accuracy"], m["accuracy_by_difficulty"]["3"], m["perplexity"]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from selffeed.config import SampleConfig
+from selffeed.finetune import IGNORE, tokenize_examples
+from selffeed.sample import sample_completions
+
+
+@torch.inference_mode()
+def completion_loss(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, df: pd.DataFrame, batch_size: int = 256
+) -> float:
+    """Mean cross-entropy per completion token (EOS included) of ``df``'s true completions."""
+    ds = tokenize_examples(df, tokenizer)
+    model.eval()
+    total, count = 0.0, 0
+    ids_all, labels_all = ds["input_ids"], ds["labels"]
+    for start in range(0, len(ds), batch_size):
+        ids_b = ids_all[start : start + batch_size]
+        lab_b = labels_all[start : start + batch_size]
+        width = max(len(x) for x in ids_b)
+        ids = torch.full((len(ids_b), width), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(ids_b), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (x, y) in enumerate(zip(ids_b, lab_b)):
+            ids[i, : len(x)] = torch.tensor(x)
+            labels[i, : len(y)] = torch.tensor(y)
+            mask[i, : len(x)] = 1
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
+        total += float(loss)
+        count += int((target != IGNORE).sum())
+    return total / max(count, 1)
+
+
+def exact_match(
+    predicted: list[str | None], truth: list[str | None]
+) -> list[bool]:
+    """Element-wise equality of parsed answers; a malformed prediction (None) is never right."""
+    return [p is not None and p == t for p, t in zip(predicted, truth)]
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    test: pd.DataFrame,
+    parse_answer: Callable[[str], str | None],
+    max_new_tokens: int,
+    batch_prompts: int = 512,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on ``test`` (columns ``prompt``, ``completion``, ``difficulty``)."""
+    greedy = SampleConfig(greedy=True, batch_prompts=batch_prompts)
+    outs = sample_completions(model, tokenizer, list(test["prompt"]), greedy, 0, max_new_tokens)
+    predicted = [parse_answer(o.text) for o in outs]
+    truth = [parse_answer(c) for c in test["completion"]]
+    right = pd.Series(exact_match(predicted, truth), index=test.index)
+    by = right.groupby(test["difficulty"]).mean()
+    loss = completion_loss(model, tokenizer, test)
+    return {
+        "accuracy": float(right.mean()),
+        "accuracy_by_difficulty": {str(int(d)): float(a) for d, a in by.items()},
+        "accuracy_hardest": float(by.iloc[-1]) if len(by) else 0.0,
+        "n_test": int(len(test)),
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+    }
