@@ -71,7 +71,7 @@ def _run_flow(cfg: RunConfig) -> list[dict]:
     print(f"\nrun {cfg.name}: {len(history) - 1} rounds in {time.perf_counter() - t0:.0f} s; "
           f"best round {record['best_round']} ({record['metric']}); stopped: {record['stop_reason']}")
     print(round_table(history))
-    print(f"best model: {record['best_model']}")
+    print(f"best model: {record['best_model']}", flush=True)
     return history
 
 
@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         control.loop.loss_threshold = None
         control_history = _run_flow(control)
         print()
-        print(comparison(history, control_history))
+        print(comparison(history, control_history), flush=True)
     return 0
 
 

@@ -11,7 +11,7 @@ from selffeed.recipes import recipe_for
 def preflight(cfg: RunConfig) -> None:
     """Raise :class:`ConfigError` (one line, naming the field or file) if ``cfg`` cannot run."""
     try:
-        recipe_for(cfg).make_splits(cfg.seed, max(cfg.loop.max_rounds, 1))
+        recipe_for(cfg).make_splits(cfg.seed)
         if cfg.filter.verifier:
             load_verifier(cfg.filter.verifier)
         if cfg.model.path:

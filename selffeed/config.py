@@ -28,12 +28,8 @@ class ArithmeticConfig(_Section):
     """The arithmetic recipe: `a+b=` with operands zero-padded to `width` digits and written reversed."""
 
     width: int = Field(3, ge=1, le=30, description="Operand width W; answers have W+1 digits.")
-    seed_digits: list[int] = Field([2], description="Digit counts of the labelled seed problems.")
-    seed_size: int = Field(400, ge=1, description="Number of labelled seed problems.")
-    seed_extra_digits: list[int] = Field(
-        [3], description="Digit counts of a few extra labelled problems mixed into the seed."
-    )
-    seed_extra_size: int = Field(40, ge=0, description="How many extra labelled problems.")
+    seed_digits: list[int] = Field([2, 3], description="Digit counts of the labelled seed problems.")
+    seed_size: int = Field(400, ge=1, description="Labelled seed problems, spread evenly over seed_digits.")
     pool_digits: list[int] = Field([3], description="Digit counts of the unlabelled prompt pool.")
     pool_per_round: int = Field(2000, ge=1, description="Unlabelled prompts sampled each round.")
     pool_slices: int = Field(4, ge=1, description="Disjoint pool slices; round r uses slice (r-1) mod this.")

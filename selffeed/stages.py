@@ -45,7 +45,7 @@ def prepare(cfg: RunConfig) -> Manifest:
     t0 = time.perf_counter()
     lay = layout_of(cfg)
     write_text(lay.config, dump_config(cfg))
-    splits = recipe_for(cfg).make_splits(cfg.seed, max(cfg.loop.max_rounds, 1))
+    splits = recipe_for(cfg).make_splits(cfg.seed)
     rows = {}
     rows["seed"] = schema.write(splits["seed"], schema.LABELLED, lay.split("seed"))
     rows["test"] = schema.write(splits["test"], schema.LABELLED, lay.split("test"))

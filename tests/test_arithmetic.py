@@ -23,9 +23,9 @@ def test_parse_answer_rejects_malformed():
 
 
 def test_splits_are_disjoint_and_pool_has_no_answers():
-    cfg = ArithmeticConfig(width=3, seed_digits=[1, 2], seed_size=100, seed_extra_size=10,
+    cfg = ArithmeticConfig(width=3, seed_digits=[1, 2], seed_size=110,
                            pool_per_round=50, pool_slices=3, test_digits=[2, 3], test_per_digits=40)
-    s = ar.make_splits(cfg, seed=1, rounds=5)
+    s = ar.make_splits(cfg, seed=1)
     seed, pool, test = s["seed"], s["pool"], s["test"]
     assert len(seed) == 110 and len(test) == 80 and len(pool) == 150
     assert set(seed["prompt"]).isdisjoint(test["prompt"])
@@ -43,14 +43,14 @@ def test_splits_are_disjoint_and_pool_has_no_answers():
 
 def test_splits_are_deterministic():
     cfg = ArithmeticConfig(pool_per_round=30, test_per_digits=20, seed_size=50)
-    a, b = ar.make_splits(cfg, 7, 2), ar.make_splits(cfg, 7, 2)
+    a, b = ar.make_splits(cfg, 7), ar.make_splits(cfg, 7)
     assert all(a[k].equals(b[k]) for k in a)
 
 
 def test_impossible_request_names_the_field():
     cfg = ArithmeticConfig(width=2, seed_digits=[1], seed_size=200, test_digits=[2], test_per_digits=5)
     with pytest.raises(ValueError, match="arithmetic.seed_digits: asks for 200 1-digit problems"):
-        ar.make_splits(cfg, 0, 1)
+        ar.make_splits(cfg, 0)
     cfg = ArithmeticConfig(width=2, test_digits=[3])
     with pytest.raises(ValueError, match="arithmetic.test_digits: digit count 3 must be between 1 and width=2"):
-        ar.make_splits(cfg, 0, 1)
+        ar.make_splits(cfg, 0)

@@ -21,8 +21,8 @@ class Recipe:
     name: str
     chars: str
     """Alphabet of the tiny default tokenizer."""
-    make_splits: Callable[[int, int], dict[str, pd.DataFrame]]
-    """(seed, rounds) -> {'seed', 'pool', 'test'} frames."""
+    make_splits: Callable[[int], dict[str, pd.DataFrame]]
+    """seed -> {'seed', 'pool', 'test'} frames."""
     parse_answer: Callable[[str], str | None]
     """Completion -> answer used by the vote, or None when malformed. Never sees the truth."""
     true_completion: Callable[[str], str]

@@ -98,21 +98,17 @@ def _problems(
     return pd.DataFrame(rows, columns=["prompt", "difficulty"])
 
 
-def make_splits(cfg: ArithmeticConfig, seed: int, rounds: int) -> dict[str, pd.DataFrame]:
+def make_splits(cfg: ArithmeticConfig, seed: int) -> dict[str, pd.DataFrame]:
     """Disjoint ``seed`` (labelled), ``pool`` (unlabelled) and ``test`` (held-out, labelled) frames.
 
-    ``pool`` has ``pool_per_round * min(rounds, pool_slices)`` prompts and a ``slice`` column.
+    ``pool`` has ``pool_per_round * pool_slices`` prompts and a ``slice`` column.
     """
     rng = random.Random(seed)
     taken: set[str] = set()
     # Test first, so that the seed and the pool never contain a held-out problem.
     test = _problems(rng, cfg.test_digits, cfg.test_per_digits * len(cfg.test_digits), cfg.width, taken, "test_digits")
     seed_df = _problems(rng, cfg.seed_digits, cfg.seed_size, cfg.width, taken, "seed_digits")
-    if cfg.seed_extra_size:
-        extra = _problems(rng, cfg.seed_extra_digits, cfg.seed_extra_size, cfg.width, taken, "seed_extra_digits")
-        seed_df = pd.concat([seed_df, extra], ignore_index=True)
-    n_slices = max(1, min(rounds, cfg.pool_slices))
-    pool = _problems(rng, cfg.pool_digits, cfg.pool_per_round * n_slices, cfg.width, taken, "pool_digits")
+    pool = _problems(rng, cfg.pool_digits, cfg.pool_per_round * cfg.pool_slices, cfg.width, taken, "pool_digits")
     pool["slice"] = [i // cfg.pool_per_round for i in range(len(pool))]
     for df in (test, seed_df):
         df["completion"] = [true_completion(p, cfg.width) for p in df["prompt"]]
