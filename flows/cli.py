@@ -4,10 +4,12 @@
 
     selffeed run data/configs/arithmetic.yaml                 # the offline demo
     selffeed run data/configs/arithmetic.yaml sample.k=4 loop.max_rounds=2 --control
+    selffeed status runs/arith-demo
     selffeed --help
 
 Bad input (missing file, unknown key, wrong type, unloadable model) prints one line naming the
-field or file and exits with status 2, before anything is written.
+field or file and exits with status 2, before anything is written; a run already being written by
+another process exits with status 3 naming it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the seed-only control arm (same rounds and steps, no generated data) and compare",
     )
+    status = sub.add_parser("status", help="list a run's rounds and stages (done/stale/missing) from its files")
+    status.add_argument("run_dir", help="run directory, e.g. runs/arith-demo")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
@@ -59,11 +64,11 @@ def _quiet_libraries() -> None:
 
 def _run_flow(cfg: RunConfig) -> list[dict]:
     from flows.self_improve import self_improve
-    from selffeed.stages import read_history
+    from selffeed.stages import layout_of, read_history
 
     t0 = time.perf_counter()
     record = self_improve(cfg)
-    history = read_history(cfg)
+    history = read_history(layout_of(cfg))
     # Rounds left over from an earlier, longer run of the same name are not part of this one.
     history = [m for m in history if m["round"] in record["rounds"]]
     from selffeed.report import round_table
@@ -77,9 +82,12 @@ def _run_flow(cfg: RunConfig) -> list[dict]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from selffeed.checks import preflight
+    from selffeed.lock import assert_unlocked
+    from selffeed.stages import layout_of
 
     cfg = load_config(args.config, args.overrides)
     preflight(cfg)
+    assert_unlocked(layout_of(cfg).lock)
     _prefect_env(cfg)
     _quiet_libraries()
     history = _run_flow(cfg)
@@ -99,13 +107,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from selffeed.status import format_status, run_status
+
+    try:
+        status = run_status(Path(args.run_dir))
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from selffeed.lock import RunLocked
+    from selffeed.model import ModelLoadError
+    from selffeed.schema import SchemaError
+
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run}[args.command](args)
-    except ConfigError as err:
+        return {"run": cmd_run, "status": cmd_status}[args.command](args)
+    except (ConfigError, ModelLoadError, SchemaError) as err:
         print(f"selffeed: error: {err}", file=sys.stderr)
         return 2
+    except RunLocked as err:
+        print(f"selffeed: error: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

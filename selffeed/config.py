@@ -75,6 +75,9 @@ class SampleConfig(_Section):
     greedy: bool = Field(False, description="Greedy decoding (k is forced to 1).")
     batch_prompts: int = Field(128, ge=1, description="Prompts per generate call (x k sequences).")
     max_new_tokens: int | None = Field(None, ge=1, description="Cap on new tokens; empty = recipe's.")
+    shard_batches: int = Field(
+        4, ge=1, description="Batches per shard file; a crashed sample stage resumes from the last shard."
+    )
 
 
 class FilterConfig(_Section):

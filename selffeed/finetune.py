@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -93,8 +94,12 @@ def train(
     cfg: TrainConfig,
     seed: int,
     desc: str = "train",
+    progress: Callable[[float], None] | None = None,
 ) -> TrainStats:
-    """Train ``model`` in place on ``examples`` (columns ``prompt``, ``completion``)."""
+    """Train ``model`` in place on ``examples`` (columns ``prompt``, ``completion``).
+
+    ``progress(fraction)`` is called about every 5% of the steps.
+    """
     ds = tokenize_examples(examples, tokenizer)
     # Pull the tokenized columns out of Arrow once; per-step Arrow indexing costs more than the step.
     all_ids, all_labels = ds["input_ids"], ds["labels"]
@@ -129,6 +134,8 @@ def train(
         tokens += int(mask.sum())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if progress is not None and (step + 1) % max(1, cfg.steps // 20) == 0:
+            progress((step + 1) / cfg.steps)
     model.eval()
     tail = losses[-max(1, len(losses) // 10) :]
     return TrainStats(

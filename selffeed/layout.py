@@ -12,6 +12,10 @@
         round-001/kept.parquet      what the filters kept
         round-001/model/            retrained checkpoint
         round-001/metrics.json
+        round-001/manifest.json     written last: the round is committed
+        round-001/.samples-<key>/   sampling shards while a sample stage runs (resumable)
+        .lock                       the single writer's PID and host
+        .prefect-results/           Prefect's persisted stage results (cache records)
 
 Writes are atomic: files and checkpoint directories are written under a temporary name in the same
 directory and renamed into place when complete, so a reader never sees a partial file.
@@ -73,6 +77,28 @@ class RunLayout:
     def metrics(self, r: int) -> Path:
         return self.round_dir(r) / "metrics.json"
 
+    def round_manifest(self, r: int) -> Path:
+        return self.round_dir(r) / "manifest.json"
+
+    def sample_shards(self, r: int, tag: str) -> Path:
+        return self.round_dir(r) / f".samples-{tag}"
+
+    def sample_shard(self, r: int, tag: str, i: int) -> Path:
+        return self.sample_shards(r, tag) / f"shard-{i:05d}.parquet"
+
+    def stale_shard_dirs(self, r: int, tag: str) -> list[Path]:
+        """Shard directories of round ``r`` left by a sample stage with another key."""
+        keep = self.sample_shards(r, tag)
+        return [p for p in self.round_dir(r).glob(".samples-*") if p != keep]
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def results(self) -> Path:
+        return self.root / ".prefect-results"
+
     def rounds(self) -> list[int]:
         """Round numbers whose directory exists, ascending."""
         if not self.root.is_dir():
@@ -115,6 +141,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def remove_temporaries(root: Path) -> list[Path]:
+    """Delete temporaries a killed writer left under ``root``; only call while holding the run lock."""
+    found = sorted(root.rglob(f"{TMP_MARK}*")) if root.is_dir() else []
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
 
 
 def write_json(path: Path, data: Any) -> None:

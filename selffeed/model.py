@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoConfig,
@@ -85,6 +86,12 @@ def check_checkpoint(path: str | Path) -> None:
         raise ModelLoadError(f"model.path '{p}': unreadable config.json ({_first_line(err)})") from None
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelLoadError(f"model.path '{p}': model type '{model_type}' is not a causal LM")
+    for weights in sorted(p.glob("*.safetensors")):
+        try:  # reads only the header: catches truncated or overwritten weight files cheaply
+            with safe_open(weights, framework="pt") as fh:
+                fh.keys()
+        except Exception as err:
+            raise ModelLoadError(f"model.path '{p}': {weights.name} is corrupt ({_first_line(err)})") from None
 
 
 def _first_line(err: BaseException) -> str:

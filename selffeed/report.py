@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,4 +44,27 @@ def comparison(main: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]]
         x, y = a["accuracy_by_difficulty"][d], b["accuracy_by_difficulty"].get(d)
         lines.append(f"{d:>10}  {x:12.3f}  {_fmt(y):>12}  {(x - y) if y is not None else 0:+7.3f}")
     lines.append(f"{'all':>10}  {a['accuracy']:12.3f}  {b['accuracy']:12.3f}  {a['accuracy'] - b['accuracy']:+7.3f}")
+    return "\n".join(lines)
+
+
+def artifact_key(name: str) -> str:
+    """A Prefect artifact key for a run name (lowercase letters, digits and dashes only)."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
+
+
+def round_markdown(name: str, history: Sequence[dict[str, Any]], record: dict[str, Any]) -> str:
+    """The round report attached to the flow run: the table, the best round and the stop reason."""
+    last = history[-1]
+    lines = [
+        f"# {name}: round {last['round']}",
+        "",
+        f"- held-out accuracy {last['accuracy']:.3f}, loss {last['loss']:.4f}",
+        f"- kept {_fmt(last.get('kept'), 'd')} rows, precision {_fmt(last.get('kept_precision'))}",
+        f"- best round so far: {record['best_round']} ({record['metric']})",
+        f"- stopped: {record['stop_reason'] or 'no'}",
+        "",
+        "```",
+        round_table(history),
+        "```",
+    ]
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 Prompts are sorted by token length and cut into batches, so left padding stays minimal; each batch
 draws its k samples through ``num_return_sequences`` under a seed derived from the run seed and the
-batch index, so a fixed seed, model and thread count reproduce every completion.
+batch index, so a fixed seed, model and thread count reproduce every completion, however the batches
+are split into shards or resumed.
 
 ::
 
@@ -81,6 +82,41 @@ def _generate_batch(
     return [(t, int(n), float(lp)) for t, n, lp in zip(texts, lengths, logprobs)]
 
 
+def plan_batches(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], batch_prompts: int) -> list[list[int]]:
+    """Prompt indices per generate call: sorted by token length, so left padding stays minimal."""
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    return [order[i : i + batch_prompts] for i in range(0, len(order), batch_prompts)]
+
+
+def generate_batches(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    batches: Sequence[Sequence[int]],
+    cfg: SampleConfig,
+    seed: int,
+    max_new_tokens: int,
+    first_batch: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Completion]:
+    """Completions of the prompts in ``batches``, which are batches ``first_batch, first_batch + 1, ...``
+    of a plan; batch b is seeded by ``batch_seed(seed, b)``, so any split of a plan into runs of
+    batches (shards, a resumed run) gives the same completions as one pass."""
+    model.eval()
+    k = 1 if cfg.greedy else cfg.k
+    max_new = min(cfg.max_new_tokens or max_new_tokens, max_new_tokens)
+    out: list[Completion] = []
+    for b, idx in enumerate(batches, start=first_batch):
+        texts = _generate_batch(model, tokenizer, [prompts[i] for i in idx], cfg, k, max_new, batch_seed(seed, b))
+        # generate returns the k samples of each prompt contiguously.
+        for j, i in enumerate(idx):
+            out.extend(Completion(i, s, *texts[j * k + s]) for s in range(k))
+        if on_batch is not None:
+            on_batch(b)
+    return out
+
+
 def sample_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -88,33 +124,11 @@ def sample_completions(
     cfg: SampleConfig,
     seed: int,
     max_new_tokens: int,
-    on_batch: Callable[[int, int], None] | None = None,
 ) -> list[Completion]:
-    """``cfg.k`` completions for each prompt (1 when greedy), ordered by prompt then sample index.
-
-    ``on_batch(done, total)`` is called after each batch (progress reporting).
-    """
-    model.eval()
-    k = 1 if cfg.greedy else cfg.k
-    max_new = min(cfg.max_new_tokens or max_new_tokens, max_new_tokens)
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
-    results: dict[int, list[tuple[str, int, float]]] = {}
-    for b, start in enumerate(range(0, len(order), cfg.batch_prompts)):
-        idx = order[start : start + cfg.batch_prompts]
-        outs = _generate_batch(
-            model, tokenizer, [prompts[i] for i in idx], cfg, k, max_new, batch_seed(seed, b)
-        )
-        # generate returns the k samples of each prompt contiguously.
-        for j, i in enumerate(idx):
-            results[i] = outs[j * k : (j + 1) * k]
-        if on_batch is not None:
-            on_batch(min(start + cfg.batch_prompts, len(order)), len(order))
-    return [
-        Completion(i, s, text, n, lp)
-        for i in range(len(prompts))
-        for s, (text, n, lp) in enumerate(results[i])
-    ]
+    """``cfg.k`` completions for each prompt (1 when greedy), ordered by prompt then sample index."""
+    batches = plan_batches(tokenizer, prompts, cfg.batch_prompts)
+    done = generate_batches(model, tokenizer, prompts, batches, cfg, seed, max_new_tokens)
+    return sorted(done, key=lambda c: (c.prompt_index, c.sample_idx))
 
 
 def samples_frame(

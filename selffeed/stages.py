@@ -12,7 +12,10 @@ can call them directly::
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -22,13 +25,19 @@ from selffeed import schema
 from selffeed.config import RunConfig, dump_config
 from selffeed.filters import apply_filters
 from selffeed.finetune import train
-from selffeed.layout import RunLayout, read_json, write_json, write_text
+from selffeed.layout import RunLayout, read_json, remove_temporaries, write_json, write_text
+from selffeed.lock import run_lock
 from selffeed.loop import best_round, stop_reason, training_mix
 from selffeed.manifest import Manifest, make_manifest
 from selffeed.model import load_checkpoint, save_checkpoint, tiny_gpt2, char_tokenizer
 from selffeed.recipes import recipe_for
-from selffeed.sample import sample_completions, samples_frame
+from selffeed.keys import stage_key
+from selffeed.sample import generate_batches, plan_batches, samples_frame
 from selffeed.validate import evaluate
+
+
+Progress = Callable[[float], None]
+"""Called with the fraction done (0..1) as a long stage advances."""
 
 
 def layout_of(cfg: RunConfig) -> RunLayout:
@@ -66,9 +75,11 @@ def _base_model(cfg: RunConfig):
     return tiny_gpt2(cfg.model, tokenizer, seed=cfg.seed), tokenizer
 
 
-def _train_and_save(cfg: RunConfig, r: int, model, tokenizer, mix: pd.DataFrame, train_cfg, n_kept: int) -> Manifest:
+def _train_and_save(
+    cfg: RunConfig, r: int, model, tokenizer, mix: pd.DataFrame, train_cfg, n_kept: int, progress: Progress | None
+) -> Manifest:
     t0 = time.perf_counter()
-    stats = train(model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}")
+    stats = train(model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}", progress=progress)
     path = layout_of(cfg).model(r)
     save_checkpoint(model, tokenizer, path)
     return make_manifest(
@@ -86,16 +97,23 @@ def _train_and_save(cfg: RunConfig, r: int, model, tokenizer, mix: pd.DataFrame,
     )
 
 
-def finetune(cfg: RunConfig, data: Manifest) -> Manifest:
+def finetune(cfg: RunConfig, data: Manifest, progress: Progress | None = None) -> Manifest:
     """Round 0: fine-tune the base model (local checkpoint or tiny GPT-2) on the labelled seed."""
     _threads(cfg)
     model, tokenizer = _base_model(cfg)
     seed = schema.read(data.path("seed"), schema.LABELLED).assign(source="seed")
-    return _train_and_save(cfg, 0, model, tokenizer, seed, cfg.finetune, 0)
+    return _train_and_save(cfg, 0, model, tokenizer, seed, cfg.finetune, 0, progress)
 
 
-def sample(cfg: RunConfig, r: int, model: Manifest, data: Manifest) -> Manifest:
-    """Draw ``cfg.sample.k`` completions per prompt of round ``r``'s pool slice from ``model``."""
+def sample(
+    cfg: RunConfig, r: int, model: Manifest, data: Manifest, progress: Progress | None = None
+) -> Manifest:
+    """Draw ``cfg.sample.k`` completions per prompt of round ``r``'s pool slice from ``model``.
+
+    Completions are written in shards of ``cfg.sample.shard_batches`` batches under a directory
+    named by the stage key; a re-run after a crash reuses the finished shards and produces the same
+    ``samples.parquet`` as an uninterrupted run. The shards are removed once it is written.
+    """
     _threads(cfg)
     t0 = time.perf_counter()
     lay = layout_of(cfg)
@@ -105,11 +123,40 @@ def sample(cfg: RunConfig, r: int, model: Manifest, data: Manifest) -> Manifest:
     pool = pool[pool["slice"] == (r - 1) % n_slices].reset_index(drop=True)
     lm, tokenizer = load_checkpoint(model.path("model"))
     seed = cfg.seed * 1000 + r
-    done = sample_completions(lm, tokenizer, list(pool["prompt"]), cfg.sample, seed, recipe.max_new_tokens)
-    df = samples_frame(
-        pool, done, recipe.parse_answer, round_=r, model_id=lay.model_id(model.round or 0), cfg=cfg.sample, seed=seed
+    prompts = list(pool["prompt"])
+    batches = plan_batches(tokenizer, prompts, cfg.sample.batch_prompts)
+    per = cfg.sample.shard_batches
+    tag = stage_key("sample", cfg, {"r": r, "model": model, "data": data})[:16]
+    for stale in lay.stale_shard_dirs(r, tag):
+        shutil.rmtree(stale, ignore_errors=True)
+    shards, resumed = [], 0
+    for i, first in enumerate(range(0, len(batches), per)):
+        path = lay.sample_shard(r, tag, i)
+        if path.exists():  # shards are renamed into place complete, so an existing one is whole
+            resumed += 1
+        else:
+            done = generate_batches(
+                lm, tokenizer, prompts, batches[first : first + per], cfg.sample, seed, recipe.max_new_tokens, first
+            )
+            frame = samples_frame(
+                pool, done, recipe.parse_answer, round_=r, model_id=lay.model_id(model.round or 0),
+                cfg=cfg.sample, seed=seed,
+            )
+            schema.write(frame, schema.SAMPLES, path)
+        shards.append(schema.read(path, schema.SAMPLES))
+        if progress is not None:
+            progress(min(first + per, len(batches)) / max(len(batches), 1))
+    position = dict(zip(pool["prompt_id"], range(len(pool))))
+    df = pd.concat(shards, ignore_index=True) if shards else samples_frame(
+        pool, [], recipe.parse_answer, round_=r, model_id=lay.model_id(model.round or 0), cfg=cfg.sample, seed=seed
+    )
+    df = (
+        df.assign(_pos=df["prompt_id"].map(position))
+        .sort_values(["_pos", "sample_idx"])
+        .drop(columns="_pos")
     )
     n = schema.write(df, schema.SAMPLES, lay.samples(r))
+    shutil.rmtree(lay.sample_shards(r, tag), ignore_errors=True)
     seconds = time.perf_counter() - t0
     return make_manifest(
         "sample",
@@ -117,6 +164,8 @@ def sample(cfg: RunConfig, r: int, model: Manifest, data: Manifest) -> Manifest:
         round_=r,
         rows=n,
         prompts=len(pool),
+        shards=len(shards),
+        shards_resumed=resumed,
         parsed=float(df["answer"].notna().mean()) if n else 0.0,
         tokens=int(df["n_tokens"].sum()),
         tokens_per_s=float(df["n_tokens"].sum()) / max(seconds, 1e-9),
@@ -142,14 +191,17 @@ def filter_samples(cfg: RunConfig, r: int, samples: Manifest) -> Manifest:
     )
 
 
-def retrain(cfg: RunConfig, r: int, previous: Manifest, data: Manifest, kept: list[Manifest]) -> Manifest:
+def retrain(
+    cfg: RunConfig, r: int, previous: Manifest, data: Manifest, kept: list[Manifest], progress: Progress | None = None
+) -> Manifest:
     """Continue training round ``r-1``'s model on the mix of seed data and kept generations."""
     _threads(cfg)
     seed = schema.read(data.path("seed"), schema.LABELLED)
     kept_frames = [schema.read(k.path("kept"), schema.KEPT) for k in kept]
     mix = training_mix(seed, kept_frames, cfg.loop)
     model, tokenizer = load_checkpoint(previous.path("model"))
-    return _train_and_save(cfg, r, model, tokenizer, mix, cfg.retrain, len(kept_frames[-1]) if kept_frames else 0)
+    n_kept = len(kept_frames[-1]) if kept_frames else 0
+    return _train_and_save(cfg, r, model, tokenizer, mix, cfg.retrain, n_kept, progress)
 
 
 def kept_precision(cfg: RunConfig, kept: pd.DataFrame) -> float | None:
@@ -175,20 +227,23 @@ def validate(
     metrics.update(evaluate(lm, tokenizer, test, recipe.parse_answer, recipe.max_new_tokens))
     metrics["train_size"] = model.meta.get("train_size")
     metrics["train_loss"] = model.meta.get("train_loss")
-    times = {model.stage: round(model.meta["seconds"], 3)}
     for m in upstream or []:
-        times[m.stage] = round(m.meta["seconds"], 3)
         if m.stage == "sample":
             metrics["samples"] = m.rows
-            metrics["sample_tokens_per_s"] = m.meta["tokens_per_s"]
         if m.stage == "filter":
             kept = schema.read(m.path("kept"), schema.KEPT)
             metrics["kept"] = m.rows
             metrics["kept_precision"] = kept_precision(cfg, kept)
-    times["validate"] = round(time.perf_counter() - t0, 3)
-    metrics["seconds"] = times
+    # metrics.json holds only what the seed determines (no timings), so reruns reproduce it byte for
+    # byte; stage times live in the round's manifest.json.
     write_json(lay.metrics(r), metrics)
-    return make_manifest("validate", {"metrics": lay.metrics(r)}, round_=r, metrics=metrics, seconds=times["validate"])
+    done = make_manifest(
+        "validate", {"metrics": lay.metrics(r)}, round_=r, metrics=metrics, seconds=time.perf_counter() - t0
+    )
+    # Written last: a round with a manifest.json is committed, and its files are the ones listed.
+    stages_done = [data, *(upstream or []), model, done]
+    write_json(lay.round_manifest(r), {"round": r, "stages": {m.stage: m.model_dump(mode="json") for m in stages_done}})
+    return done
 
 
 def decide(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -207,7 +262,23 @@ def decide(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def read_history(cfg: RunConfig) -> list[dict[str, Any]]:
-    """Metrics of every validated round of the run, ascending."""
+def read_history(lay: RunLayout) -> list[dict[str, Any]]:
+    """Metrics of every committed round of a run, ascending, with stage times under ``seconds``."""
+    history = []
+    for r in lay.rounds():
+        if not lay.round_manifest(r).exists():
+            continue
+        stages_done = read_json(lay.round_manifest(r))["stages"]
+        metrics = read_json(lay.metrics(r))
+        metrics["seconds"] = {name: m["meta"].get("seconds") for name, m in stages_done.items()}
+        history.append(metrics)
+    return history
+
+
+@contextmanager
+def open_run(cfg: RunConfig, owner: str) -> Iterator[RunLayout]:
+    """Hold the run's writer lock; temporaries left by a killed writer are removed on entry."""
     lay = layout_of(cfg)
-    return [read_json(lay.metrics(r)) for r in lay.rounds() if lay.metrics(r).exists()]
+    with run_lock(lay.lock, owner):
+        remove_temporaries(lay.root)
+        yield lay

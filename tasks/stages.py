@@ -1,59 +1,109 @@
 """Prefect tasks for the loop's stages; each is one call into :mod:`selffeed.stages`.
 
-GPU-bound stages (fine-tune, retrain, sample, validate) carry the ``gpu`` tag so a tag concurrency
-limit can keep one GPU box to one of them at a time. Task runs are named after stage and round
-(``sample-r3``) so the Prefect UI reads like the loop.
+Every stage is persisted and cached under a content-addressed key (:mod:`tasks.cache`), so a re-run
+of a flow (new run, Retry button, ``prefect flow-run retry``) reuses each completed stage and runs
+only what failed and what follows it. Results are stored under the run directory; bind the tasks to
+a run with :func:`for_run`. GPU-bound stages (fine-tune, retrain, sample, validate) carry the ``gpu``
+tag, so a tag concurrency limit keeps one GPU box to one of them at a time. Task runs are named
+after stage and round (``sample-r3``) so the Prefect UI reads like the loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from selffeed import stages
 from selffeed.config import RunConfig
 from selffeed.manifest import Manifest
+from selffeed.report import artifact_key, round_markdown
+from tasks.cache import StageCache
 
-# Stages pass manifests (small pydantic records) rather than frames or models, so Prefect can
-# hash and store them cheaply. Caching across runs is added with content-addressed keys later.
-COMMON: dict[str, Any] = dict(cache_policy=NO_CACHE, retries=0)
 GPU = ["gpu"]
 
 
-@task(name="prepare", task_run_name="prepare", **COMMON)
+def _stage(stage: str, **options: Any) -> dict[str, Any]:
+    return dict(name=stage, cache_policy=StageCache(stage=stage), persist_result=True, retries=0, **options)
+
+
+def _progress(description: str) -> Callable[[float], None]:
+    """A progress artifact for the running task, updated in steps of 5%."""
+    artifact_id = create_progress_artifact(progress=0.0, description=description)
+    last = [0.0]
+
+    def update(fraction: float) -> None:
+        pct = round(100 * fraction, 1)
+        if pct - last[0] >= 5 or fraction >= 1:
+            update_progress_artifact(artifact_id=artifact_id, progress=pct)
+            last[0] = pct
+
+    return update
+
+
+@task(**_stage("prepare", task_run_name="prepare"))
 def prepare(cfg: RunConfig) -> Manifest:
     return stages.prepare(cfg)
 
 
-@task(name="finetune", task_run_name="finetune-r0", tags=GPU, **COMMON)
+@task(**_stage("finetune", task_run_name="finetune-r0", tags=GPU))
 def finetune(cfg: RunConfig, data: Manifest) -> Manifest:
-    return stages.finetune(cfg, data)
+    return stages.finetune(cfg, data, progress=_progress("fine-tune r0"))
 
 
-@task(name="sample", task_run_name="sample-r{r}", tags=GPU, **COMMON)
+@task(**_stage("sample", task_run_name="sample-r{r}", tags=GPU))
 def sample(cfg: RunConfig, r: int, model: Manifest, data: Manifest) -> Manifest:
-    return stages.sample(cfg, r, model, data)
+    return stages.sample(cfg, r, model, data, progress=_progress(f"sample r{r}"))
 
 
-@task(name="filter", task_run_name="filter-r{r}", **COMMON)
+@task(**_stage("filter", task_run_name="filter-r{r}"))
 def filter_samples(cfg: RunConfig, r: int, samples: Manifest) -> Manifest:
     return stages.filter_samples(cfg, r, samples)
 
 
-@task(name="retrain", task_run_name="retrain-r{r}", tags=GPU, **COMMON)
+@task(**_stage("retrain", task_run_name="retrain-r{r}", tags=GPU))
 def retrain(cfg: RunConfig, r: int, previous: Manifest, data: Manifest, kept: list[Manifest]) -> Manifest:
-    return stages.retrain(cfg, r, previous, data, kept)
+    return stages.retrain(cfg, r, previous, data, kept, progress=_progress(f"retrain r{r}"))
 
 
-@task(name="validate", task_run_name="validate-r{r}", tags=GPU, **COMMON)
+@task(**_stage("validate", task_run_name="validate-r{r}", tags=GPU))
 def validate(
     cfg: RunConfig, r: int, model: Manifest, data: Manifest, upstream: list[Manifest] | None = None
 ) -> Manifest:
     return stages.validate(cfg, r, model, data, upstream)
 
 
-@task(name="decide", task_run_name="decide-r{r}", **COMMON)
+@task(name="decide", task_run_name="decide-r{r}", cache_policy=NO_CACHE)
 def decide(cfg: RunConfig, r: int, history: list[dict[str, Any]]) -> dict[str, Any]:
-    return stages.decide(cfg, history)
+    """Pick the best round and whether to stop; publish the round's metrics and report."""
+    record = stages.decide(cfg, history)
+    key = artifact_key(cfg.name)
+    create_table_artifact(
+        key=f"{key}-metrics",
+        table=[{k: v for k, v in m.items() if not isinstance(v, dict)} for m in history],
+        description=f"Validation metrics of run {cfg.name}, one row per round",
+    )
+    create_markdown_artifact(key=f"{key}-report", markdown=round_markdown(cfg.name, history, record))
+    return record
+
+
+def for_run(cfg: RunConfig) -> SimpleNamespace:
+    """The stage tasks with their results stored under ``cfg``'s run directory."""
+    storage = stages.layout_of(cfg).results.resolve()
+    bound = {
+        name: t.with_options(result_storage=storage)
+        for name, t in dict(
+            prepare=prepare, finetune=finetune, sample=sample, filter_samples=filter_samples,
+            retrain=retrain, validate=validate,
+        ).items()
+    }
+    return SimpleNamespace(**bound, decide=decide)

@@ -1,0 +1,91 @@
+"""Content-addressed stage keys: what a stage's output depends on, hashed.
+
+A key covers the stage's code version (the source of the modules and functions it runs, so a
+change in a helper counts, unlike Prefect's TASK_SOURCE), the config sections it reads, the seed,
+the run directory it writes into, the round, and the content digests of its upstream manifests
+(never their paths). Changing the filter config therefore changes the filter's key and, through the
+kept digest, every key downstream, while prepare, fine-tune and sample keep theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from selffeed.config import RunConfig
+from selffeed.manifest import Manifest
+
+# Bump to invalidate every cached stage at once (e.g. after changing the on-disk format).
+FORMAT_VERSION = 1
+
+# Modules whose source a stage's output depends on (its own function in selffeed.stages is added).
+STAGE_MODULES: dict[str, tuple[str, ...]] = {
+    "prepare": ("selffeed.recipes", "selffeed.recipes.arithmetic", "selffeed.schema"),
+    "finetune": ("selffeed.finetune", "selffeed.model", "selffeed.recipes.arithmetic"),
+    "sample": ("selffeed.sample", "selffeed.model", "selffeed.schema", "selffeed.recipes.arithmetic"),
+    "filter": ("selffeed.filters", "selffeed.schema"),
+    "retrain": ("selffeed.finetune", "selffeed.model", "selffeed.loop", "selffeed.schema"),
+    "validate": ("selffeed.validate", "selffeed.sample", "selffeed.model", "selffeed.recipes.arithmetic"),
+}
+# Functions of selffeed.stages each stage runs.
+STAGE_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "prepare": ("prepare",),
+    "finetune": ("finetune", "_base_model", "_train_and_save"),
+    "sample": ("sample",),
+    "filter": ("filter_samples",),
+    "retrain": ("retrain", "_train_and_save"),
+    "validate": ("validate", "kept_precision"),
+}
+
+
+def _config_sections(stage: str, cfg: RunConfig) -> dict[str, Any]:
+    d = cfg.model_dump(mode="json")
+    common = {"seed": d["seed"], "runs_dir": str(Path(cfg.runs_dir).resolve()), "name": cfg.name}
+    # Results depend on the thread count (float reduction order), so compute stages key on it.
+    by_stage = {
+        "prepare": {"recipe": d["recipe"], d["recipe"]: d[d["recipe"]]},
+        "finetune": {"model": d["model"], "finetune": d["finetune"], "threads": d["threads"]},
+        "sample": {"sample": d["sample"], "threads": d["threads"]},
+        "filter": {"filter": d["filter"]},
+        "retrain": {"retrain": d["retrain"], "mix": d["loop"]["mix"], "threads": d["threads"]},
+        "validate": {"threads": d["threads"]},
+    }
+    return {**common, **by_stage[stage]}
+
+
+@cache
+def code_version(stage: str) -> str:
+    """sha256 over the source of the modules and stage functions ``stage`` runs."""
+    import selffeed.stages as stages_mod
+
+    h = hashlib.sha256(f"format={FORMAT_VERSION}".encode())
+    for name in STAGE_MODULES[stage]:
+        __import__(name)
+        h.update(Path(sys.modules[name].__file__).read_bytes())
+    for fn in STAGE_FUNCTIONS[stage]:
+        h.update(inspect.getsource(getattr(stages_mod, fn)).encode())
+    return h.hexdigest()
+
+
+def _digests(value: Any) -> Any:
+    if isinstance(value, Manifest):
+        return {"stage": value.stage, "round": value.round, "digests": value.digests}
+    if isinstance(value, list | tuple):
+        return [_digests(v) for v in value]
+    return value
+
+
+def stage_key(stage: str, cfg: RunConfig, inputs: dict[str, Any]) -> str:
+    """The key of running ``stage`` with ``inputs`` (the task's arguments other than the config)."""
+    material = {
+        "stage": stage,
+        "code": code_version(stage),
+        "config": _config_sections(stage, cfg),
+        "inputs": {k: _digests(v) for k, v in sorted(inputs.items())},
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
