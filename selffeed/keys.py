@@ -68,7 +68,7 @@ def code_version(stage: str) -> str:
         __import__(name)
         h.update(Path(sys.modules[name].__file__).read_bytes())
     for fn in STAGE_FUNCTIONS[stage]:
-        h.update(inspect.getsource(getattr(stages_mod, fn)).encode())
+        h.update(inspect.getsource(inspect.unwrap(getattr(stages_mod, fn))).encode())
     return h.hexdigest()
 
 
