@@ -53,7 +53,8 @@ def _prefect_env(cfg: RunConfig) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Silence progress bars and info logs of datasets and transformers (the CLI prints its own)."""
     import datasets
     import transformers
 
@@ -89,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight(cfg)
     assert_unlocked(layout_of(cfg).lock)
     _prefect_env(cfg)
-    _quiet_libraries()
+    quiet_libraries()
     history = _run_flow(cfg)
     if args.control:
         from selffeed.report import comparison

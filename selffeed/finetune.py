@@ -60,9 +60,10 @@ def tokenize_examples(df: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> D
     return ds.map(encode, batched=True, remove_columns=ds.column_names)
 
 
-def _collate(
+def collate(
     all_ids: list[list[int]], all_labels: list[list[int]], idx: list[int], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``labels`` and ``attention_mask`` of rows ``idx``."""
     width = max(len(all_ids[i]) for i in idx)
     n = len(idx)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -101,8 +102,10 @@ def train(
     ``progress(fraction)`` is called about every 5% of the steps.
     """
     ds = tokenize_examples(examples, tokenizer)
-    # Pull the tokenized columns out of Arrow once; per-step Arrow indexing costs more than the step.
-    all_ids, all_labels = ds["input_ids"], ds["labels"]
+    # Pull the tokenized columns out of Arrow once (ds[col] is a lazy column in datasets >= 4);
+    # per-row Arrow indexing in every step costs as much as the step itself.
+    columns = ds.to_dict()
+    all_ids, all_labels = columns["input_ids"], columns["labels"]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(
@@ -122,7 +125,7 @@ def train(
             cursor = 0
         idx = order[cursor : cursor + cfg.batch_size]
         cursor += cfg.batch_size
-        ids, labels, mask = _collate(all_ids, all_labels, idx, tokenizer.pad_token_id)
+        ids, labels, mask = collate(all_ids, all_labels, idx, tokenizer.pad_token_id)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         out = model(input_ids=ids, attention_mask=mask, labels=labels)

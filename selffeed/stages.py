@@ -76,9 +76,9 @@ def _base_model(cfg: RunConfig):
 
 
 def _train_and_save(
-    cfg: RunConfig, r: int, model, tokenizer, mix: pd.DataFrame, train_cfg, n_kept: int, progress: Progress | None
+    cfg: RunConfig, r: int, model, tokenizer, mix: pd.DataFrame, train_cfg, n_kept: int, progress: Progress | None,
+    t0: float,
 ) -> Manifest:
-    t0 = time.perf_counter()
     stats = train(model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}", progress=progress)
     path = layout_of(cfg).model(r)
     save_checkpoint(model, tokenizer, path)
@@ -100,9 +100,10 @@ def _train_and_save(
 def finetune(cfg: RunConfig, data: Manifest, progress: Progress | None = None) -> Manifest:
     """Round 0: fine-tune the base model (local checkpoint or tiny GPT-2) on the labelled seed."""
     _threads(cfg)
+    t0 = time.perf_counter()
     model, tokenizer = _base_model(cfg)
     seed = schema.read(data.path("seed"), schema.LABELLED).assign(source="seed")
-    return _train_and_save(cfg, 0, model, tokenizer, seed, cfg.finetune, 0, progress)
+    return _train_and_save(cfg, 0, model, tokenizer, seed, cfg.finetune, 0, progress, t0)
 
 
 def sample(
@@ -196,12 +197,13 @@ def retrain(
 ) -> Manifest:
     """Continue training round ``r-1``'s model on the mix of seed data and kept generations."""
     _threads(cfg)
+    t0 = time.perf_counter()
     seed = schema.read(data.path("seed"), schema.LABELLED)
     kept_frames = [schema.read(k.path("kept"), schema.KEPT) for k in kept]
     mix = training_mix(seed, kept_frames, cfg.loop)
     model, tokenizer = load_checkpoint(previous.path("model"))
     n_kept = len(kept_frames[-1]) if kept_frames else 0
-    return _train_and_save(cfg, r, model, tokenizer, mix, cfg.retrain, n_kept, progress)
+    return _train_and_save(cfg, r, model, tokenizer, mix, cfg.retrain, n_kept, progress, t0)
 
 
 def kept_precision(cfg: RunConfig, kept: pd.DataFrame) -> float | None:

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selffeed.config import SampleConfig
-from selffeed.finetune import IGNORE, tokenize_examples
+from selffeed.finetune import IGNORE, collate, tokenize_examples
 from selffeed.sample import sample_completions
 
 
@@ -30,18 +30,11 @@ def completion_loss(
     ds = tokenize_examples(df, tokenizer)
     model.eval()
     total, count = 0.0, 0
-    ids_all, labels_all = ds["input_ids"], ds["labels"]
+    columns = ds.to_dict()
+    ids_all, labels_all = columns["input_ids"], columns["labels"]
     for start in range(0, len(ds), batch_size):
-        ids_b = ids_all[start : start + batch_size]
-        lab_b = labels_all[start : start + batch_size]
-        width = max(len(x) for x in ids_b)
-        ids = torch.full((len(ids_b), width), tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(ids_b), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (x, y) in enumerate(zip(ids_b, lab_b)):
-            ids[i, : len(x)] = torch.tensor(x)
-            labels[i, : len(y)] = torch.tensor(y)
-            mask[i, : len(x)] = 1
+        idx = list(range(start, min(start + batch_size, len(ds))))
+        ids, labels, mask = collate(ids_all, labels_all, idx, tokenizer.pad_token_id)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         target = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(

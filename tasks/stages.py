@@ -37,13 +37,13 @@ def _stage(stage: str, **options: Any) -> dict[str, Any]:
 
 
 def _progress(description: str) -> Callable[[float], None]:
-    """A progress artifact for the running task, updated in steps of 5%."""
+    """A progress artifact for the running task, updated in steps of 10% (each update is an API call)."""
     artifact_id = create_progress_artifact(progress=0.0, description=description)
     last = [0.0]
 
     def update(fraction: float) -> None:
         pct = round(100 * fraction, 1)
-        if pct - last[0] >= 5 or fraction >= 1:
+        if pct - last[0] >= 10 or fraction >= 1:
             update_progress_artifact(artifact_id=artifact_id, progress=pct)
             last[0] = pct
 

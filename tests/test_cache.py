@@ -145,3 +145,36 @@ def test_code_version_follows_helper_modules(monkeypatch):
     monkeypatch.setitem(keys.STAGE_MODULES, "filter", keys.STAGE_MODULES["filter"] + ("selffeed.loop",))
     assert keys.code_version("filter") != before
     keys.code_version.cache_clear()
+
+
+def test_round_artifacts_and_status(tmp_path, rec, capsys):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.cli import main
+
+    cfg = tiny_run_config(tmp_path, **{"loop.max_rounds": 2, "loop.patience": 5, "name": "Obs_Run"})
+    state = run(cfg)
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["obs-run-metrics", "obs-run-report"])))
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(type={"any_": ["progress"]}))
+    by_key = {}
+    for a in arts:
+        by_key.setdefault(a.key, []).append(a)
+    assert len(by_key["obs-run-metrics"]) == 3 and len(by_key["obs-run-report"]) == 3  # one version per round
+    assert any("round 2" in a.data for a in by_key["obs-run-report"])
+    assert {a.description.split()[0] for a in progress} >= {"fine-tune", "sample", "retrain"}
+    assert all(a.data == 100 for a in progress if a.flow_run_id == state.state_details.flow_run_id)
+
+    lay = RunLayout.of(cfg.runs_dir, cfg.name)
+    assert main(["status", str(lay.root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("committed") == 3 and "stale" not in out and "missing" not in out
+
+    lay.kept(1).unlink()
+    (lay.model(2) / "model.safetensors").write_bytes(b"x")
+    lay.round_manifest(2).rename(lay.round_dir(2) / "manifest.json.bak")
+    assert main(["status", str(lay.root)]) == 0
+    out = capsys.readouterr().out
+    assert "needs recompute" in out and "filter    missing" in out
+    assert "round   2  partial" in out
+    assert main(["status", str(tmp_path / "nothing")]) == 2
