@@ -6,15 +6,25 @@ from selffeed.config import ConfigError, RunConfig
 from selffeed.filters import load_verifier
 from selffeed.model import check_checkpoint
 from selffeed.recipes import recipe_for
+from selffeed.recipes.prompts import longest_sequence
+from selffeed.scorers import load_scorer
 
 
 def preflight(cfg: RunConfig) -> None:
     """Raise :class:`ConfigError` (one line, naming the field or file) if ``cfg`` cannot run."""
     try:
-        recipe_for(cfg).make_splits(cfg.seed)
+        if cfg.model.path:  # first: the prompts recipe reads the checkpoint's chat template
+            check_checkpoint(cfg.model.path)
+        splits = recipe_for(cfg).make_splits(cfg.seed)
+        if cfg.recipe == "prompts":
+            load_scorer(cfg.prompts.scorer)
+            need = longest_sequence(splits, cfg.prompts.max_new_tokens)
+            if not cfg.model.path and need > cfg.model.n_positions:
+                raise ConfigError(
+                    f"model.n_positions={cfg.model.n_positions}: too short for the data, whose longest prompt "
+                    f"plus completion (or prompt plus prompts.max_new_tokens) is {need} characters"
+                )
         if cfg.filter.verifier:
             load_verifier(cfg.filter.verifier)
-        if cfg.model.path:
-            check_checkpoint(cfg.model.path)
-    except ValueError as err:  # ModelLoadError and SchemaError are ValueErrors too
+    except ValueError as err:  # ModelLoadError, SchemaError, DataError and ScorerError are ValueErrors too
         raise ConfigError(str(err)) from None

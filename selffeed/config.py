@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -35,6 +35,44 @@ class ArithmeticConfig(_Section):
     pool_slices: int = Field(4, ge=1, description="Disjoint pool slices; round r uses slice (r-1) mod this.")
     test_digits: list[int] = Field([2, 3], description="Digit counts of the held-out test problems.")
     test_per_digits: int = Field(300, ge=1, description="Held-out test problems per digit count.")
+
+
+class PromptsConfig(_Section):
+    """The generic recipe: your prompts (some with references), a template and a scorer. See README."""
+
+    data: str | None = Field(
+        None, description="Prompt file (.parquet, .jsonl, .csv) or a datasets save_to_disk directory."
+    )
+    prompt_column: str = Field("prompt", description="Column holding the prompt text.")
+    reference_column: str | None = Field(
+        None, description="Column of reference answers (may be empty on some rows); used by the scorer."
+    )
+    completion_column: str | None = Field(
+        None, description="Column of full target completions; training rows that have one form the labelled seed."
+    )
+    split_column: str | None = Field(
+        None, description="Column naming each row's split; rows equal to validation_value are held out."
+    )
+    validation_value: str = Field("validation", description="Value of split_column marking validation rows.")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Without split_column: share of rows with a reference held out for validation."
+    )
+    template: str = Field(
+        "{prompt}", description="Prompt template; {prompt} and any other column of the data in braces."
+    )
+    chat_template: bool = Field(
+        True, description="Wrap the templated prompt in the tokenizer's chat template when it has one."
+    )
+    scorer: str = Field(
+        "exact_match",
+        description="exact_match, final_answer, bleu, chrf, rougeL, or 'path/to/file.py:function'; its mean "
+        "over the validation split is a metric of that name, and filter.min_score / best_of_k use it.",
+    )
+    answer: Literal["text", "final"] = Field(
+        "text", description="What the self-consistency vote compares: normalized text, or the final number."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Longest completion sampled or validated (tokens).")
+    pool_slices: int = Field(1, ge=1, description="Disjoint pool slices; round r samples slice (r-1) mod this.")
 
 
 class ModelConfig(_Section):
@@ -93,6 +131,12 @@ class FilterConfig(_Section):
     verifier: str | None = Field(
         None, description="Optional 'module:function' called as f(prompt, completion) -> bool."
     )
+    min_score: float | None = Field(
+        None, description="Keep a scored completion when its score (prompts.scorer) is at least this."
+    )
+    best_of_k: bool = Field(
+        False, description="Keep only the best-scoring completion of each prompt (reward-ranked fine-tuning)."
+    )
 
 
 class LoopConfig(_Section):
@@ -107,26 +151,62 @@ class LoopConfig(_Section):
         description="Training mix: seed + kept of all rounds, seed + this round's kept, or seed only "
         "(the control arm: identical steps, no generated data).",
     )
-    metric: Literal["accuracy", "accuracy_hardest"] = Field(
-        "accuracy_hardest", description="Validation figure that picks the best round."
+    metric: str = Field(
+        "accuracy_hardest",
+        description="Validation figure that picks the best round (higher is better): accuracy_hardest or "
+        "accuracy for arithmetic; the scorer's name (chrf, rougeL, ...) for prompts, its default there.",
     )
 
 
+class OrchestrationConfig(_Section):
+    """Where GPU-bound stages run. No stage output depends on these settings."""
+
+    gpu_stages: Literal["auto", "local", "workers"] = Field(
+        "auto",
+        description="auto: on the gpu pool's workers when one is online, else in this process; "
+        "local: always in this process; workers: always on the gpu pool (fail if none is online).",
+    )
+    gpu_pool: str = Field("gpu", description="Work pool whose workers run the GPU stage deployments.")
+    gpu_timeout_s: int = Field(6 * 3600, ge=60, description="Longest wait for one GPU stage run.")
+
+
 class RunConfig(_Section):
-    """Everything one run needs. ``name`` picks the run directory ``<runs_dir>/<name>``."""
+    """Everything one run needs; `name` picks the run directory `<runs_dir>/<name>`."""
 
     name: str = Field("arith-demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name.")
     runs_dir: str = Field("runs", description="Parent directory of all runs.")
     seed: int = Field(0, ge=0, description="Seed for data, init, training and sampling.")
     threads: int = Field(2, ge=1, description="torch intra-op threads (results depend on it).")
-    recipe: Literal["arithmetic"] = Field("arithmetic", description="Task recipe.")
+    recipe: Literal["arithmetic", "prompts"] = Field("arithmetic", description="Task recipe.")
     arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     finetune: TrainConfig = Field(default_factory=TrainConfig)
     retrain: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=400))
     sample: SampleConfig = Field(default_factory=SampleConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    @model_validator(mode="after")
+    def check_recipe_fields(self) -> RunConfig:
+        # Cross-section rules; the loop metric is resolved here so run.json always names it.
+        from selffeed.scorers import metric_name
+
+        scored = self.recipe == "prompts"
+        if scored and not self.prompts.data:
+            raise ValueError("prompts.data: required when recipe is prompts (a .parquet/.jsonl/.csv file or directory)")
+        if not scored and (self.filter.min_score is not None or self.filter.best_of_k):
+            raise ValueError("filter.min_score / filter.best_of_k: need a scorer (recipe: prompts)")
+        allowed = [metric_name(self.prompts.scorer)] if scored else ["accuracy_hardest", "accuracy"]
+        if "metric" not in self.loop.model_fields_set:
+            self.loop.metric = allowed[0]
+        elif self.loop.metric not in allowed:
+            raise ValueError(
+                f"loop.metric: '{self.loop.metric}' is not a validation metric of recipe {self.recipe} "
+                f"(choose {' or '.join(allowed)})"
+            )
+        return self
 
 
 def _first_error(err: ValidationError, source: str) -> str:
@@ -134,6 +214,8 @@ def _first_error(err: ValidationError, source: str) -> str:
     field = ".".join(str(p) for p in e["loc"]) or "<root>"
     if e["type"] == "extra_forbidden":
         return f"{source}: unknown key '{field}'"
+    if not e["loc"] and e["type"] == "value_error":  # cross-section rule: its message names the field
+        return f"{source}: {e['ctx']['error']}"
     return f"{source}: field '{field}': {e['msg']} (got {e.get('input')!r})"
 
 
@@ -144,7 +226,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override '{item}': empty key")
     # YAML parsing turns "4" into 4, "true" into True and "[1, 2]" into a list, as in the file.
-    value = yaml.safe_load(raw) if raw != "" else None
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{item}': value is not valid YAML (quote it: {key}='\"...\"')") from None
     return key.split("."), value
 
 

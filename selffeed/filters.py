@@ -1,7 +1,8 @@
 """Filters: plain functions over a DataFrame of samples, each returning one verdict per row.
 
 Every filter has the signature ``f(samples: DataFrame, **params) -> Series[bool]`` aligned with
-``samples.index``. Filters never see true labels: only prompts, completions and parsed answers.
+``samples.index``. Filters never see hidden labels: only prompts, completions, parsed answers and,
+for the score filters, the ``score`` a scorer gave against the reference the data came with.
 :func:`apply_filters` runs the configured ones and returns the kept rows with the filters they passed.
 
 >>> import pandas as pd
@@ -70,6 +71,27 @@ def majority_vote(samples: pd.DataFrame, min_agreement: float = 1.0) -> pd.Serie
     return (ok & agreement.ge(min_agreement - 1e-9)).astype(bool)
 
 
+def score_at_least(samples: pd.DataFrame, min_score: float) -> pd.Series:
+    """Scored rows whose ``score`` is at least ``min_score`` (an unscored row never passes).
+
+    >>> score_at_least(pd.DataFrame({"score": [0.9, 0.2, None]}), 0.5).tolist()
+    [True, False, False]
+    """
+    return samples["score"].ge(min_score - 1e-9).fillna(False).astype(bool)
+
+
+def best_of_k(samples: pd.DataFrame) -> pd.Series:
+    """The best-scoring row of each prompt (reward-ranked fine-tuning, RAFT); ties go to the first.
+
+    >>> s = pd.DataFrame({"prompt_id": [0, 0, 0, 1], "score": [0.1, 0.7, 0.7, None]})
+    >>> best_of_k(s).tolist()
+    [False, True, False, False]
+    """
+    scored = samples[samples["score"].notna()]
+    top = scored.groupby("prompt_id")["score"].idxmax()  # idxmax returns the first maximum
+    return pd.Series(samples.index.isin(top.to_numpy()), index=samples.index, dtype=bool)
+
+
 def length_ok(samples: pd.DataFrame, min_chars: int = 1, max_chars: int = 10_000) -> pd.Series:
     """Completions whose length in characters lies in ``[min_chars, max_chars]``.
 
@@ -119,28 +141,45 @@ def load_verifier(spec: str) -> Verifier:
 def apply_filters(
     samples: pd.DataFrame, cfg: FilterConfig, verifier: Verifier | None = None
 ) -> pd.DataFrame:
-    """Run the configured filters; return kept rows with ``agreement``, ``votes`` and ``passed``.
+    """Run the configured filters; return kept rows with ``score``, ``agreement``, ``votes`` and ``passed``.
 
-    Dedup runs last over the rows the other filters kept, so one copy of each kept pair survives.
+    With a score filter (``min_score``, ``best_of_k``) configured, rows with a ``score`` are judged by
+    it and rows without one (no reference) by the vote, if enabled; otherwise the vote judges all.
+    Best-of-k ranks only rows that passed length and verifier. Dedup runs last over the kept rows, so
+    one copy of each kept pair survives.
     """
-    verdicts: dict[str, pd.Series] = {}
-    if cfg.vote:
-        verdicts["vote"] = majority_vote(samples, cfg.min_agreement)
-    verdicts["length"] = length_ok(samples, cfg.min_chars, cfg.max_chars)
+    if "score" not in samples:
+        samples = samples.assign(score=float("nan"))
+    common: dict[str, pd.Series] = {"length": length_ok(samples, cfg.min_chars, cfg.max_chars)}
     if verifier is None and cfg.verifier:
         verifier = load_verifier(cfg.verifier)
     if verifier is not None:
-        verdicts["verifier"] = verified(samples, verifier)
+        common["verifier"] = verified(samples, verifier)
     keep = pd.Series(True, index=samples.index)
-    for v in verdicts.values():
+    for v in common.values():
         keep &= v
+    by_score = cfg.min_score is not None or cfg.best_of_k
+    # Without the vote an unscored row passes, unless score filters are on: then nothing vouches for it.
+    vote = majority_vote(samples, cfg.min_agreement) if cfg.vote else pd.Series(not by_score, index=samples.index)
+    scored = samples["score"].notna() if by_score else pd.Series(False, index=samples.index)
+    score_ok = pd.Series(True, index=samples.index)
+    score_names = []
+    if cfg.min_score is not None:
+        score_ok &= score_at_least(samples, cfg.min_score)
+        score_names.append("min_score")
+    if cfg.best_of_k:
+        score_ok &= best_of_k(samples[keep]).reindex(samples.index, fill_value=False)
+        score_names.append("best_of_k")
+    keep &= scored.where(scored, vote) & score_ok.where(scored, True)
     kept = samples[keep].copy()
-    names = list(verdicts)
+    tail = [*common, *(["dedup"] if cfg.dedup else [])]
     if cfg.dedup:
         kept = kept[dedup(kept)]
-        names.append("dedup")
     stats = vote_stats(samples).set_index("prompt_id")
     kept["agreement"] = kept["prompt_id"].map(stats["agreement"]).fillna(0.0).astype(float)
     kept["votes"] = kept["prompt_id"].map(stats["votes"]).fillna(0).astype(int)
-    kept["passed"] = ",".join(names)
+    passed_score = ",".join(score_names + tail)
+    passed_vote = ",".join((["vote"] if cfg.vote else []) + tail)
+    kept["passed"] = [passed_score if s else passed_vote for s in scored[kept.index]]
+    kept["score"] = kept["score"].astype(float)
     return kept.reset_index(drop=True)

@@ -3,13 +3,15 @@
 A key covers the stage's code version (the source of the modules and functions it runs, so a
 change in a helper counts, unlike Prefect's TASK_SOURCE), the config sections it reads, the seed,
 the run directory it writes into, the round, and the content digests of its upstream manifests
-(never their paths). Changing the filter config therefore changes the filter's key and, through the
+(never their paths). For the prompts recipe it also covers the data file's bytes and a user scorer's
+source. Changing the filter config therefore changes the filter's key and, through the
 kept digest, every key downstream, while prepare, fine-tune and sample keep theirs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import json
 import sys
@@ -25,12 +27,25 @@ FORMAT_VERSION = 1
 
 # Modules whose source a stage's output depends on (its own function in selffeed.stages is added).
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "prepare": ("selffeed.recipes", "selffeed.recipes.arithmetic", "selffeed.schema"),
-    "finetune": ("selffeed.finetune", "selffeed.model", "selffeed.recipes.arithmetic"),
-    "sample": ("selffeed.sample", "selffeed.model", "selffeed.schema", "selffeed.recipes.arithmetic"),
-    "filter": ("selffeed.filters", "selffeed.schema"),
+    "prepare": ("selffeed.recipes", "selffeed.recipes.arithmetic", "selffeed.recipes.prompts", "selffeed.schema"),
+    "finetune": ("selffeed.finetune", "selffeed.model", "selffeed.recipes.arithmetic", "selffeed.recipes.prompts"),
+    "sample": (
+        "selffeed.sample", "selffeed.model", "selffeed.schema", "selffeed.recipes.arithmetic",
+        "selffeed.recipes.prompts", "selffeed.scorers",
+    ),
+    "filter": ("selffeed.filters", "selffeed.schema", "selffeed.recipes", "selffeed.scorers"),
     "retrain": ("selffeed.finetune", "selffeed.model", "selffeed.loop", "selffeed.schema"),
-    "validate": ("selffeed.validate", "selffeed.sample", "selffeed.model", "selffeed.recipes.arithmetic"),
+    "validate": (
+        "selffeed.validate", "selffeed.sample", "selffeed.model", "selffeed.recipes", "selffeed.recipes.arithmetic",
+        "selffeed.recipes.prompts", "selffeed.scorers",
+    ),
+}
+# Fields of the recipe's config section that sampling, filtering and validation read (prepare reads
+# all of it); a field missing from a section is skipped.
+RECIPE_FIELDS: dict[str, tuple[str, ...]] = {
+    "sample": ("width", "answer", "max_new_tokens"),
+    "filter": ("scorer",),
+    "validate": ("width", "scorer", "answer", "max_new_tokens"),
 }
 # Functions of selffeed.stages each stage runs.
 STAGE_FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -55,7 +70,44 @@ def _config_sections(stage: str, cfg: RunConfig) -> dict[str, Any]:
         "retrain": {"retrain": d["retrain"], "mix": d["loop"]["mix"], "threads": d["threads"]},
         "validate": {"threads": d["threads"]},
     }
+    section = d[d["recipe"]]
+    if stage in RECIPE_FIELDS:
+        by_stage[stage][d["recipe"]] = {f: section[f] for f in RECIPE_FIELDS[stage] if f in section}
+    if d["recipe"] == "prompts":
+        if stage == "prepare":  # the data file and the model's chat template shape the splits
+            by_stage[stage]["data"] = _file_digest(section["data"])
+            by_stage[stage]["model_path"] = d["model"]["path"]
+        if stage in ("filter", "validate"):  # a user scorer's own source counts like ours
+            by_stage[stage]["scorer_source"] = _scorer_digest(section["scorer"])
     return {**common, **by_stage[stage]}
+
+
+def _file_digest(path: str | None) -> str | None:
+    """sha256 of a file, or of every file under a directory (names and bytes); None if absent."""
+    if not path or not Path(path).exists():
+        return None
+    p = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+        if f.is_file():
+            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _scorer_digest(spec: str) -> str | None:
+    from selffeed.scorers import BUILTIN
+
+    if spec in BUILTIN:
+        return None
+    module = spec.rpartition(":")[0]
+    if module.endswith(".py") or "/" in module:
+        return _file_digest(module)
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return _file_digest(found.origin) if found and found.origin else None
 
 
 @cache
@@ -86,6 +138,7 @@ def stage_key(stage: str, cfg: RunConfig, inputs: dict[str, Any]) -> str:
         "stage": stage,
         "code": code_version(stage),
         "config": _config_sections(stage, cfg),
-        "inputs": {k: _digests(v) for k, v in sorted(inputs.items())},
+        # Omitted optional arguments and explicit None must give the same key.
+        "inputs": {k: _digests(v) for k, v in sorted(inputs.items()) if v is not None},
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()

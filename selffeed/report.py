@@ -12,7 +12,13 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
 
 
 def round_table(history: Sequence[dict[str, Any]]) -> str:
-    """One line per round: sizes, filter precision, held-out accuracy per difficulty, stage times."""
+    """One line per round: sizes, filter precision, held-out accuracy per difficulty, stage times.
+
+    Rounds of a scored recipe (metrics name their ``metric``) show the kept rows' mean score and the
+    validation metric instead of precision and accuracies.
+    """
+    if "metric" in history[0]:
+        return _scored_table(history)
     buckets = sorted({d for m in history for d in m["accuracy_by_difficulty"]}, key=int)
     stages = ["finetune", "sample", "filter", "retrain", "validate"]
     head = (
@@ -34,9 +40,32 @@ def round_table(history: Sequence[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+def _scored_table(history: Sequence[dict[str, Any]]) -> str:
+    name = history[0]["metric"]
+    stages = ["finetune", "sample", "filter", "retrain", "validate"]
+    head = ["round", "train", "kept", "kept_score", name, "loss"] + [f"{s}_s" for s in stages]
+    rows = [head]
+    for m in history:
+        times = m.get("seconds", {})
+        rows.append(
+            [str(m["round"]), _fmt(m.get("train_size"), "d"), _fmt(m.get("kept"), "d"), _fmt(m.get("kept_score"))]
+            + [_fmt(m[name]), _fmt(m["loss"])]
+            + [_fmt(times.get(s), ".1f") for s in stages]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
 def comparison(main: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]], label: str = "seed-only") -> str:
     """Final-round held-out accuracy per difficulty of the loop vs a control with the same steps."""
     a, b = main[-1], control[-1]
+    if "metric" in a:  # a scored recipe: one validation metric, no difficulty buckets
+        name = a["metric"]
+        return "\n".join([
+            f"final round {a['round']} (same training steps in both arms)",
+            f"{'metric':>10}  {'self-improve':>12}  {label:>12}  {'delta':>7}",
+            f"{name:>10}  {a[name]:12.3f}  {b[name]:12.3f}  {a[name] - b[name]:+7.3f}",
+        ])
     buckets = sorted(a["accuracy_by_difficulty"], key=int)
     lines = [f"final round {a['round']} (same training steps in both arms)"]
     lines.append(f"{'difficulty':>10}  {'self-improve':>12}  {label:>12}  {'delta':>7}")
@@ -55,10 +84,11 @@ def artifact_key(name: str) -> str:
 def round_markdown(name: str, history: Sequence[dict[str, Any]], record: dict[str, Any]) -> str:
     """The round report attached to the flow run: the table, the best round and the stop reason."""
     last = history[-1]
+    metric = last.get("metric", "accuracy")
     lines = [
         f"# {name}: round {last['round']}",
         "",
-        f"- held-out accuracy {last['accuracy']:.3f}, loss {last['loss']:.4f}",
+        f"- held-out {metric} {last[metric]:.3f}, loss {last['loss']:.4f}",
         f"- kept {_fmt(last.get('kept'), 'd')} rows, precision {_fmt(last.get('kept_precision'))}",
         f"- best round so far: {record['best_round']} ({record['metric']})",
         f"- stopped: {record['stop_reason'] or 'no'}",

@@ -152,6 +152,7 @@ def samples_frame(
             "prompt": src["prompt"].to_numpy(),
             "completion": [c.text for c in completions],
             "answer": [parse_answer(c.text) for c in completions],
+            "reference": src["reference"].to_numpy() if "reference" in src else None,
             "difficulty": src["difficulty"].to_numpy(),
             "n_tokens": [c.n_tokens for c in completions],
             "logprob": [c.logprob for c in completions],

@@ -1,8 +1,10 @@
 """Declared Parquet schemas of a round's corpora, and the only code that reads or writes them.
 
 ``samples.parquet`` holds every completion with its provenance (model, sampling parameters, seed);
-``kept.parquet`` holds the rows the filters kept, with the vote's verdict and agreement. Writes are
-atomic and cast to the declared schema, so a reader (pandas, pyarrow, datasets, DuckDB) always sees
+``kept.parquet`` holds the rows the filters kept, with their score, the vote's agreement and the
+filters they passed. Nullable columns (``reference``, ``score``, ...) may be absent from a frame being
+written and are then stored as nulls (the arithmetic recipe has no references). Writes are atomic
+and cast to the declared schema, so a reader (pandas, pyarrow, datasets, DuckDB) always sees
 these exact columns and types.
 """
 
@@ -24,6 +26,7 @@ SAMPLES = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("completion", pa.string(), nullable=False),
         pa.field("answer", pa.string(), nullable=True),  # None when the completion is malformed
+        pa.field("reference", pa.string(), nullable=True),  # the prompt's reference answer, if the data has one
         pa.field("difficulty", pa.int32(), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),
         pa.field("logprob", pa.float32(), nullable=False),  # sum over generated tokens
@@ -39,6 +42,7 @@ SAMPLES = pa.schema(
 KEPT = pa.schema(
     list(SAMPLES)
     + [
+        pa.field("score", pa.float64(), nullable=True),  # prompts.scorer's score; None when not scored
         pa.field("agreement", pa.float32(), nullable=False),  # majority share of the prompt's k
         pa.field("votes", pa.int32(), nullable=False),  # samples that gave the kept answer
         pa.field("passed", pa.string(), nullable=False),  # comma-separated filters the row passed
@@ -51,6 +55,7 @@ LABELLED = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("completion", pa.string(), nullable=False),
         pa.field("difficulty", pa.int32(), nullable=False),
+        pa.field("reference", pa.string(), nullable=True),  # what the scorer compares with
     ]
 )
 POOL = pa.schema(
@@ -59,6 +64,7 @@ POOL = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("difficulty", pa.int32(), nullable=False),
         pa.field("slice", pa.int32(), nullable=False),
+        pa.field("reference", pa.string(), nullable=True),
     ]
 )
 
@@ -68,7 +74,11 @@ class SchemaError(ValueError):
 
 
 def to_table(df: pd.DataFrame, schema: pa.Schema, what: str = "frame") -> pa.Table:
-    """Select and cast ``df``'s columns to ``schema`` (extra columns are dropped)."""
+    """Select and cast ``df``'s columns to ``schema`` (extra columns are dropped, absent nullable ones
+    become nulls)."""
+    absent = [f.name for f in schema if f.name not in df.columns and f.nullable]
+    if absent:
+        df = df.assign(**{name: None for name in absent})
     missing = [f.name for f in schema if f.name not in df.columns]
     if missing:
         raise SchemaError(f"{what}: missing column(s) {', '.join(missing)}")

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from selffeed import schema
-from selffeed.config import RunConfig, dump_config
+from selffeed.config import RunConfig, dump_config, load_config
 from selffeed.filters import apply_filters
 from selffeed.finetune import train
 from selffeed.layout import RunLayout, read_json, remove_temporaries, write_json, write_text
@@ -31,9 +31,11 @@ from selffeed.loop import best_round, stop_reason, training_mix
 from selffeed.manifest import Manifest, make_manifest
 from selffeed.model import load_checkpoint, save_checkpoint, tiny_gpt2, char_tokenizer
 from selffeed.recipes import recipe_for
+from selffeed.recipes.prompts import chars_of
+from selffeed.scorers import score_rows
 from selffeed.keys import stage_key
 from selffeed.sample import generate_batches, plan_batches, samples_frame
-from selffeed.validate import evaluate
+from selffeed.validate import evaluate, evaluate_scored
 
 
 Progress = Callable[[float], None]
@@ -50,10 +52,9 @@ def _threads(cfg: RunConfig) -> None:
 
 
 def prepare(cfg: RunConfig) -> Manifest:
-    """Write the labelled seed, the unlabelled pool and the held-out test split, and the config."""
+    """Write the labelled seed, the unlabelled pool and the held-out test split."""
     t0 = time.perf_counter()
     lay = layout_of(cfg)
-    write_text(lay.config, dump_config(cfg))
     splits = recipe_for(cfg).make_splits(cfg.seed)
     rows = {}
     rows["seed"] = schema.write(splits["seed"], schema.LABELLED, lay.split("seed"))
@@ -68,10 +69,13 @@ def prepare(cfg: RunConfig) -> Manifest:
     )
 
 
-def _base_model(cfg: RunConfig):
+def _base_model(cfg: RunConfig, data: Manifest):
     if cfg.model.path:
         return load_checkpoint(cfg.model.path)
-    tokenizer = char_tokenizer(recipe_for(cfg).chars)
+    chars = recipe_for(cfg).chars
+    if chars is None:  # a recipe without a fixed alphabet: every character of the prepared data
+        chars = chars_of(*(pd.read_parquet(data.path(s)) for s in ("seed", "pool", "test")))
+    tokenizer = char_tokenizer(chars)
     return tiny_gpt2(cfg.model, tokenizer, seed=cfg.seed), tokenizer
 
 
@@ -101,7 +105,7 @@ def finetune(cfg: RunConfig, data: Manifest, progress: Progress | None = None) -
     """Round 0: fine-tune the base model (local checkpoint or tiny GPT-2) on the labelled seed."""
     _threads(cfg)
     t0 = time.perf_counter()
-    model, tokenizer = _base_model(cfg)
+    model, tokenizer = _base_model(cfg, data)
     seed = schema.read(data.path("seed"), schema.LABELLED).assign(source="seed")
     return _train_and_save(cfg, 0, model, tokenizer, seed, cfg.finetune, 0, progress, t0)
 
@@ -178,9 +182,13 @@ def filter_samples(cfg: RunConfig, r: int, samples: Manifest) -> Manifest:
     """Keep what the configured filters accept; never looks at true answers."""
     t0 = time.perf_counter()
     df = schema.read(samples.path("samples"), schema.SAMPLES)
+    scorer = recipe_for(cfg).scorer
+    if scorer is not None:
+        df["score"] = score_rows(scorer, list(df["completion"]), list(df["reference"]), list(df["prompt"]))
     kept = apply_filters(df, cfg.filter)
     path = layout_of(cfg).kept(r)
     n = schema.write(kept, schema.KEPT, path)
+    scored = df["score"].dropna() if "score" in df else pd.Series([], dtype=float)
     return make_manifest(
         "filter",
         {"kept": path},
@@ -188,6 +196,8 @@ def filter_samples(cfg: RunConfig, r: int, samples: Manifest) -> Manifest:
         rows=n,
         kept_prompts=int(kept["prompt_id"].nunique()),
         mean_agreement=float(kept["agreement"].mean()) if n else 0.0,
+        mean_score=float(scored.mean()) if len(scored) else None,
+        kept_score=float(kept["score"].mean()) if kept["score"].notna().any() else None,
         seconds=time.perf_counter() - t0,
     )
 
@@ -208,9 +218,9 @@ def retrain(
 
 def kept_precision(cfg: RunConfig, kept: pd.DataFrame) -> float | None:
     """Share of kept rows whose answer is right, from the recipe's hidden truth (reporting only)."""
-    if kept.empty:
-        return None
     recipe = recipe_for(cfg)
+    if kept.empty or recipe.true_completion is None:
+        return None
     truth = [recipe.parse_answer(recipe.true_completion(p)) for p in kept["prompt"]]
     return float(sum(a == t for a, t in zip(kept["answer"], truth)) / len(kept))
 
@@ -226,7 +236,10 @@ def validate(
     lm, tokenizer = load_checkpoint(model.path("model"))
     test = schema.read(data.path("test"), schema.LABELLED)
     metrics: dict[str, Any] = {"round": r, "model_id": lay.model_id(r)}
-    metrics.update(evaluate(lm, tokenizer, test, recipe.parse_answer, recipe.max_new_tokens))
+    if recipe.scorer is not None:
+        metrics.update(evaluate_scored(lm, tokenizer, test, recipe.scorer, recipe.max_new_tokens))
+    else:
+        metrics.update(evaluate(lm, tokenizer, test, recipe.parse_answer, recipe.max_new_tokens))
     metrics["train_size"] = model.meta.get("train_size")
     metrics["train_loss"] = model.meta.get("train_loss")
     for m in upstream or []:
@@ -236,6 +249,8 @@ def validate(
             kept = schema.read(m.path("kept"), schema.KEPT)
             metrics["kept"] = m.rows
             metrics["kept_precision"] = kept_precision(cfg, kept)
+            if recipe.scorer is not None:  # mean score of the kept rows: how good the new labels look
+                metrics["kept_score"] = float(kept["score"].mean()) if kept["score"].notna().any() else None
     # metrics.json holds only what the seed determines (no timings), so reruns reproduce it byte for
     # byte; stage times live in the round's manifest.json.
     write_json(lay.metrics(r), metrics)
@@ -277,10 +292,27 @@ def read_history(lay: RunLayout) -> list[dict[str, Any]]:
     return history
 
 
+def continued_config(runs_dir: str, name: str, rounds: int) -> RunConfig:
+    """The stored config of run ``name``, extended to run exactly ``rounds`` rounds past its last
+    committed one (stop rules other than max_rounds are relaxed so the rounds do happen)."""
+    lay = RunLayout.of(runs_dir, name)
+    if not lay.config.exists():
+        raise FileNotFoundError(f"{lay.root}: no such run (no config.yaml); start it with selffeed run first")
+    cfg = load_config(lay.config, [f"runs_dir={runs_dir}"])
+    committed = [r for r in lay.rounds() if lay.round_manifest(r).exists()]
+    last = max(committed, default=0)
+    cfg.loop.max_rounds = last + rounds
+    cfg.loop.patience = last + rounds + 1
+    cfg.loop.loss_threshold = None
+    return cfg
+
+
 @contextmanager
 def open_run(cfg: RunConfig, owner: str) -> Iterator[RunLayout]:
-    """Hold the run's writer lock; temporaries left by a killed writer are removed on entry."""
+    """Hold the run's writer lock; on entry, remove temporaries a killed writer left and record the
+    config of this invocation in ``config.yaml``."""
     lay = layout_of(cfg)
     with run_lock(lay.lock, owner):
         remove_temporaries(lay.root)
+        write_text(lay.config, dump_config(cfg))
         yield lay

@@ -40,6 +40,10 @@ def run_status(root: Path) -> dict[str, Any]:
             entry["figures"] = {
                 k: metrics.get(k) for k in ("accuracy", "accuracy_hardest", "loss", "train_size", "kept", "kept_precision")
             }
+            if "metric" in metrics:  # a scored recipe: its metric and the kept rows' mean score
+                entry["figures"].update(
+                    metric=metrics["metric"], value=metrics[metrics["metric"]], kept_score=metrics.get("kept_score")
+                )
         else:
             entry["state"] = "partial"
             present = {
@@ -69,10 +73,17 @@ def format_status(status: dict[str, Any]) -> str:
         f = entry["figures"]
         best = "  <- best" if r == status["best_round"] else ""
         prec = "-" if f.get("kept_precision") is None else f"{f['kept_precision']:.3f}"
-        lines.append(
-            f"  round {r:3d}  {entry['state']:<9} acc {f['accuracy']:.3f}  hardest {f['accuracy_hardest']:.3f}  "
-            f"loss {f['loss']:.4f}  train {f['train_size']}  kept {f.get('kept', '-')}  precision {prec}{best}"
-        )
+        if "metric" in f:
+            score = "-" if f.get("kept_score") is None else f"{f['kept_score']:.3f}"
+            lines.append(
+                f"  round {r:3d}  {entry['state']:<9} {f['metric']} {f['value']:.3f}  loss {f['loss']:.4f}  "
+                f"train {f['train_size']}  kept {f.get('kept', '-')}  kept_score {score}{best}"
+            )
+        else:
+            lines.append(
+                f"  round {r:3d}  {entry['state']:<9} acc {f['accuracy']:.3f}  hardest {f['accuracy_hardest']:.3f}  "
+                f"loss {f['loss']:.4f}  train {f['train_size']}  kept {f.get('kept', '-')}  precision {prec}{best}"
+            )
         for name, st in entry["stages"].items():
             secs = "" if st["seconds"] is None else f" {st['seconds']:.1f}s"
             lines.append(f"      {name:<9} {st['state']}{secs}" + "".join(f"  [{p}]" for p in st["problems"]))

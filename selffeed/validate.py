@@ -1,10 +1,13 @@
 """Validation on held-out labelled data: greedy exact-match accuracy (overall and per difficulty),
-plus teacher-forced loss and perplexity on the true completions.
+or the mean of a scorer over greedy completions, plus teacher-forced loss and perplexity on the
+true completions.
 
 ::
 
     m = evaluate(model, tok, test_df, parse_answer, max_new_tokens=5)
     m["accuracy"], m["accuracy_by_difficulty"]["3"], m["perplexity"]
+    m = evaluate_scored(model, tok, test_df, "chrf", max_new_tokens=40)
+    m["chrf"], m["loss"]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from selffeed.config import SampleConfig
 from selffeed.finetune import IGNORE, collate, tokenize_examples
 from selffeed.sample import sample_completions
+from selffeed.scorers import metric_name, score_rows
 
 
 @torch.inference_mode()
@@ -73,6 +77,34 @@ def evaluate(
         "accuracy_by_difficulty": {str(int(d)): float(a) for d, a in by.items()},
         "accuracy_hardest": float(by.iloc[-1]) if len(by) else 0.0,
         "n_test": int(len(test)),
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+    }
+
+
+def evaluate_scored(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    test: pd.DataFrame,
+    scorer: str,
+    max_new_tokens: int,
+    batch_prompts: int = 512,
+) -> dict[str, Any]:
+    """Mean score of greedy completions of ``test`` (``prompt``, ``completion``, ``reference``) under
+    ``scorer``, named by :func:`~selffeed.scorers.metric_name`, plus loss on the true completions.
+
+    Rows the scorer leaves unscored (None) are left out of the mean; ``n_scored`` counts the others.
+    """
+    greedy = SampleConfig(greedy=True, batch_prompts=batch_prompts)
+    outs = sample_completions(model, tokenizer, list(test["prompt"]), greedy, 0, max_new_tokens)
+    scores = score_rows(scorer, [o.text for o in outs], list(test["reference"]), list(test["prompt"]))
+    got = [x for x in scores if x is not None]
+    loss = completion_loss(model, tokenizer, test)
+    return {
+        "metric": metric_name(scorer),
+        metric_name(scorer): float(sum(got) / len(got)) if got else 0.0,
+        "n_test": int(len(test)),
+        "n_scored": len(got),
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
     }

@@ -13,21 +13,23 @@ from functools import partial
 import pandas as pd
 
 from selffeed.config import RunConfig
-from selffeed.recipes import arithmetic
+from selffeed.recipes import arithmetic, prompts
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    chars: str
-    """Alphabet of the tiny default tokenizer."""
+    chars: str | None
+    """Alphabet of the tiny default tokenizer; None: the characters of the prepared data."""
     make_splits: Callable[[int], dict[str, pd.DataFrame]]
     """seed -> {'seed', 'pool', 'test'} frames."""
     parse_answer: Callable[[str], str | None]
     """Completion -> answer used by the vote, or None when malformed. Never sees the truth."""
-    true_completion: Callable[[str], str]
-    """Prompt -> correct completion. Only validation and reporting may call this."""
+    true_completion: Callable[[str], str] | None
+    """Prompt -> correct completion. Only reporting may call this; None when the recipe has no oracle."""
     max_new_tokens: int
+    scorer: str | None = None
+    """Scorer spec (see :mod:`selffeed.scorers`) for validation and score filters; None: exact match."""
 
 
 def recipe_for(cfg: RunConfig) -> Recipe:
@@ -41,5 +43,16 @@ def recipe_for(cfg: RunConfig) -> Recipe:
             parse_answer=partial(arithmetic.parse_answer, width=a.width),
             true_completion=partial(arithmetic.true_completion, width=a.width),
             max_new_tokens=arithmetic.max_new_tokens(a),
+        )
+    if cfg.recipe == "prompts":
+        p = cfg.prompts
+        return Recipe(
+            name="prompts",
+            chars=None,
+            make_splits=partial(prompts.make_splits, p, tokenizer_path=cfg.model.path),
+            parse_answer=partial(prompts.parse_answer, answer=p.answer),
+            true_completion=None,
+            max_new_tokens=p.max_new_tokens,
+            scorer=p.scorer,
         )
     raise ValueError(f"recipe: unknown recipe '{cfg.recipe}'")
