@@ -1,11 +1,16 @@
-"""The looping self-improvement flow: prepare, fine-tune, then rounds of
-sample -> filter -> retrain -> validate until a stop rule fires.
+"""The looping self-improvement flow, and the nightly flow that continues a run.
 
-Every stage is cached under a content-addressed key, so running the flow again on the same run (a
-new run, the UI's Retry, ``prefect flow-run retry``) reuses completed stages and runs only what
-failed and what follows. One flow at a time may write a run directory (a lock file names the
-holder). Runs against whatever Prefect API is configured, or Prefect's embedded temporary server
-when none is (the ``selffeed`` command keeps its ``PREFECT_HOME`` under the runs directory)::
+``self_improve``: prepare, fine-tune, then rounds of sample -> filter -> retrain -> validate until a
+stop rule fires. GPU-bound stages go through :func:`flows.gpu_stages.run_stage` (the gpu pool's
+workers when one is online, else this process). Every stage is cached under a content-addressed
+key, so running the flow again on the same run (a new run, the UI's Retry, ``prefect flow-run
+retry``) reuses completed stages and runs only what failed and what follows. One flow at a time
+may write a run directory (a lock file names the holder).
+
+``nightly``: add rounds to an existing run, continuing from its last committed round.
+
+Runs against whatever Prefect API is configured, or Prefect's embedded temporary server when none
+is (the ``selffeed`` command keeps its ``PREFECT_HOME`` under the runs directory)::
 
     from flows.self_improve import self_improve
     from selffeed.config import load_config
@@ -17,20 +22,22 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from pydantic import Field
 
+from flows.gpu_stages import run_stage
 from selffeed.config import RunConfig
-from selffeed.stages import open_run
+from selffeed.stages import continued_config, open_run
 from tasks.stages import for_run
 
 
 @flow(name="self-improve", flow_run_name="{config.name}", validate_parameters=True)
 def self_improve(config: RunConfig = RunConfig()) -> dict[str, Any]:
-    """Run the loop for ``config`` and return the run record (best round, stop reason)."""
+    """Run the self-improvement loop for ``config``; returns the run record (best round, stop reason)."""
     t = for_run(config)
     with open_run(config, owner=f"flow self-improve, run {config.name}"):
         data = t.prepare(config)
-        model = t.finetune(config, data)
-        history = [t.validate(config, 0, model, data).meta["metrics"]]
+        model = run_stage("finetune", config, data=data)
+        history = [run_stage("validate", config, r=0, model=model, data=data).meta["metrics"]]
         decision = t.decide(config, 0, history)
         kept = []
         r = 0
@@ -38,11 +45,21 @@ def self_improve(config: RunConfig = RunConfig()) -> dict[str, Any]:
             r += 1
             upstream = []
             if config.loop.mix != "seed_only":  # the control arm trains on seed data alone
-                samples = t.sample(config, r, model, data)
+                samples = run_stage("sample", config, r=r, model=model, data=data)
                 filtered = t.filter_samples(config, r, samples)
                 kept.append(filtered)
                 upstream = [samples, filtered]
-            model = t.retrain(config, r, model, data, kept)
-            history.append(t.validate(config, r, model, data, upstream).meta["metrics"])
+            model = run_stage("retrain", config, r=r, previous=model, data=data, kept=kept)
+            history.append(run_stage("validate", config, r=r, model=model, data=data, upstream=upstream).meta["metrics"])
             decision = t.decide(config, r, history)
     return decision
+
+
+@flow(name="nightly", flow_run_name="{run_name}-nightly", validate_parameters=True)
+def nightly(
+    run_name: str = Field("arith-demo", description="Name of the run to continue."),
+    runs_dir: str = Field("runs", description="Directory holding the run (relative to the worker's checkout)."),
+    rounds: int = Field(1, ge=1, le=50, description="Rounds to add after the last committed round."),
+) -> dict[str, Any]:
+    """Add ``rounds`` rounds to an existing run: earlier rounds are reused from the cache, untouched."""
+    return self_improve(continued_config(runs_dir, run_name, rounds))

@@ -54,3 +54,22 @@ class StageCache(CachePolicy):
                 if base is not None:
                     (Path(os.path.expanduser(str(base))) / key).unlink(missing_ok=True)
         return key
+
+
+def cached_result(stage: str, cfg: Any, inputs: dict[str, Any], storage: Path) -> Manifest | None:
+    """The manifest a stage's task would return from the cache right now, or None on a miss.
+
+    Lets the orchestrator skip shipping a stage to a GPU worker when it has nothing to compute.
+    """
+    from prefect.filesystems import LocalFileSystem
+    from prefect.results import ResultStore
+
+    key = stage_key(stage, cfg, inputs)
+    store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
+    try:
+        if not store.exists(key):
+            return None
+        result = store.read(key).result
+    except Exception:
+        return None
+    return result if isinstance(result, Manifest) and result.is_valid() else None

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -28,39 +35,25 @@ def tiny_model(tokenizer):
     return tiny_gpt2(cfg, tokenizer, seed=0)
 
 
+TINY = [
+    "name=tiny", "threads=1",
+    "model.n_embd=16", "model.n_layer=1", "model.n_head=2", "model.n_inner=32", "model.n_positions=32",
+    "arithmetic.width=2", "arithmetic.seed_digits=[1, 2]", "arithmetic.seed_size=60",
+    "arithmetic.pool_digits=[2]", "arithmetic.pool_per_round=40", "arithmetic.pool_slices=2",
+    "arithmetic.test_digits=[2]", "arithmetic.test_per_digits=30",
+    "finetune.steps=30", "finetune.batch_size=32", "finetune.warmup_steps=5", "finetune.progress=false",
+    "retrain.steps=10", "retrain.batch_size=32", "retrain.warmup_steps=2", "retrain.progress=false",
+    "sample.k=4", "filter.min_agreement=0.5", "loop.max_rounds=1",
+]
+
+
+def tiny_overrides(runs_dir, **overrides: object) -> list[str]:
+    """``key=value`` overrides of a run small enough to finish a round in seconds."""
+    return [f"runs_dir={runs_dir}", *TINY, *(f"{k}={v}" for k, v in overrides.items())]
+
+
 def tiny_run_config(tmp_path, **overrides: object) -> RunConfig:
-    """A run config small enough to finish a round in seconds."""
-    items = [
-        f"runs_dir={tmp_path / 'runs'}",
-        "name=tiny",
-        "threads=1",
-        "model.n_embd=16",
-        "model.n_layer=1",
-        "model.n_head=2",
-        "model.n_inner=32",
-        "model.n_positions=32",
-        "arithmetic.width=2",
-        "arithmetic.seed_digits=[1, 2]",
-        "arithmetic.seed_size=60",
-        "arithmetic.pool_digits=[2]",
-        "arithmetic.pool_per_round=40",
-        "arithmetic.pool_slices=2",
-        "arithmetic.test_digits=[2]",
-        "arithmetic.test_per_digits=30",
-        "finetune.steps=30",
-        "finetune.batch_size=32",
-        "finetune.warmup_steps=5",
-        "finetune.progress=false",
-        "retrain.steps=10",
-        "retrain.batch_size=32",
-        "retrain.warmup_steps=2",
-        "retrain.progress=false",
-        "sample.k=4",
-        "filter.min_agreement=0.5",
-        "loop.max_rounds=1",
-    ]
-    items += [f"{k}={v}" for k, v in overrides.items()]
-    return load_config(None, items)
+    return load_config(None, tiny_overrides(tmp_path / "runs", **overrides))
 
 
 @pytest.fixture
@@ -76,3 +69,53 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api(url: str, path: str, body: dict | None = None):
+    req = urllib.request.Request(
+        url + path, data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """`prefect server start` on a free 127.0.0.1 port with a private PREFECT_HOME; yields (api_url, env)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",  # the UI's default points at port 4200
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                api(url, "/health")
+                break
+            except OSError:
+                assert proc.poll() is None, "prefect server exited"
+                assert time.monotonic() < deadline, "prefect server did not start"
+                time.sleep(0.5)
+        yield url, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -178,3 +178,28 @@ def test_round_artifacts_and_status(tmp_path, rec, capsys):
     assert "needs recompute" in out and "filter    missing" in out
     assert "round   2  partial" in out
     assert main(["status", str(tmp_path / "nothing")]) == 2
+
+
+def test_orchestrator_sees_cached_stages_and_runs_gpu_stages_locally_without_workers(tmp_path, rec):
+    from flows.gpu_stages import gpu_workers_online
+    from selffeed.layout import read_json
+    from selffeed.manifest import Manifest
+    from tasks.cache import cached_result
+
+    cfg = tiny_run_config(tmp_path)
+    assert not gpu_workers_online(cfg)  # the embedded server has no gpu pool: stages ran in-process
+    assert run(cfg).is_completed()
+    lay = RunLayout.of(cfg.runs_dir, cfg.name)
+    m = {k: Manifest.model_validate(v) for k, v in read_json(lay.round_manifest(1))["stages"].items()}
+    m0 = {k: Manifest.model_validate(v) for k, v in read_json(lay.round_manifest(0))["stages"].items()}
+    store = lay.results.resolve()
+    assert cached_result("finetune", cfg, {"data": m["prepare"]}, store) == m0["finetune"]
+    assert cached_result("validate", cfg, {"r": 0, "model": m0["finetune"], "data": m["prepare"]}, store) == m0["validate"]
+    assert cached_result("sample", cfg, {"r": 1, "model": m0["finetune"], "data": m["prepare"]}, store) == m["sample"]
+    args = {"r": 1, "previous": m0["finetune"], "data": m["prepare"], "kept": [m["filter"]]}
+    assert cached_result("retrain", cfg, args, store) == m["retrain"]
+    args = {"r": 1, "model": m["retrain"], "data": m["prepare"], "upstream": [m["sample"], m["filter"]]}
+    assert cached_result("validate", cfg, args, store) == m["validate"]
+    assert cached_result("sample", cfg, {"r": 2, "model": m["retrain"], "data": m["prepare"]}, store) is None
+    lay.samples(1).unlink()
+    assert cached_result("sample", cfg, {"r": 1, "model": m0["finetune"], "data": m["prepare"]}, store) is None

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from flows.cli import main
-from tests.conftest import tiny_run_config
+from tests.conftest import tiny_overrides
 
 CONFIG = "data/configs/arithmetic.yaml"
 
@@ -40,8 +40,7 @@ def test_help_lists_run():
 @pytest.mark.slow
 @pytest.mark.integration
 def test_cli_runs_the_flow_with_its_own_prefect_home(tmp_path):
-    cfg = tiny_run_config(tmp_path)
-    overrides = [f"{k}={v}" for k, v in _flat(cfg.model_dump(mode="json"))]
+    overrides = tiny_overrides(tmp_path / "runs")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", CONFIG, *overrides, "--control"],
@@ -55,10 +54,3 @@ def test_cli_runs_the_flow_with_its_own_prefect_home(tmp_path):
     assert (runs / "tiny" / "round-001" / "kept.parquet").is_file()
     assert (runs / "tiny-seed-only" / "round-001" / "model" / "model.safetensors").is_file()
 
-
-def _flat(d, prefix=""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flat(v, f"{prefix}{k}.")
-        elif v is not None:
-            yield f"{prefix}{k}", (f"[{', '.join(map(str, v))}]" if isinstance(v, list | tuple) else v)

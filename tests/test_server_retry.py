@@ -8,17 +8,14 @@ reads the task-run states from the API. It stops the server it started.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import api, tiny_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -32,66 +29,14 @@ def check(prompt, completion):
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def api(url: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(
-        url + path, data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-@pytest.fixture
-def server(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                api(url, "/health")
-                break
-            except OSError:
-                assert proc.poll() is None, "prefect server exited"
-                assert time.monotonic() < deadline, "prefect server did not start"
-                time.sleep(0.5)
-        yield url, env
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def test_flow_run_retry_reuses_completed_stages(tmp_path, server):
-    url, env = server
+def test_flow_run_retry_reuses_completed_stages(tmp_path, prefect_server):
+    url, env = prefect_server
     (tmp_path / "flaky_verifier.py").write_text(VERIFIER)
     flag = tmp_path / "verifier-down"
     flag.touch()
     env = dict(env, PREFECT_API_URL=url, SELFFEED_TEST_FLAG=str(flag),
                PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
-    overrides = [
-        f"runs_dir={tmp_path / 'runs'}", "name=retry-me", "threads=1", "model.n_embd=16", "model.n_layer=1",
-        "model.n_head=2", "model.n_inner=32", "model.n_positions=32", "arithmetic.width=2",
-        "arithmetic.seed_digits=[1, 2]", "arithmetic.seed_size=60", "arithmetic.pool_digits=[2]",
-        "arithmetic.pool_per_round=40", "arithmetic.test_digits=[2]", "arithmetic.test_per_digits=30",
-        "finetune.steps=30", "finetune.batch_size=32", "retrain.steps=10", "retrain.batch_size=32",
-        "sample.k=4", "filter.verifier=flaky_verifier:check", "loop.max_rounds=1",
-    ]
+    overrides = tiny_overrides(tmp_path / "runs", name="retry-me", **{"filter.verifier": "flaky_verifier:check"})
     first = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", "data/configs/arithmetic.yaml", *overrides],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
