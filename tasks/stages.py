@@ -22,6 +22,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_API_URL
 
 from selffeed import stages
 from selffeed.config import RunConfig
@@ -97,10 +98,18 @@ def decide(cfg: RunConfig, r: int, history: list[dict[str, Any]]) -> dict[str, A
 
 
 def for_run(cfg: RunConfig) -> SimpleNamespace:
-    """The stage tasks with their results stored under ``cfg``'s run directory."""
+    """The stage tasks with their results stored under ``cfg``'s run directory.
+
+    Without a configured server (Prefect's embedded one, private to this process) a ``gpu`` tag limit
+    can coordinate nothing, yet every tagged task would still pay a concurrency-lease round trip
+    (0.2-2 s each, measured): the tag is dropped there and kept whenever a shared API is configured.
+    """
     storage = stages.layout_of(cfg).results.resolve()
+    options: dict[str, Any] = {"result_storage": storage}
+    if not PREFECT_API_URL.value():
+        options["tags"] = []
     bound = {
-        name: t.with_options(result_storage=storage)
+        name: t.with_options(**options)
         for name, t in dict(
             prepare=prepare, finetune=finetune, sample=sample, filter_samples=filter_samples,
             retrain=retrain, validate=validate,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -86,12 +87,24 @@ def api(url: str, path: str, body: dict | None = None):
         return json.loads(resp.read())
 
 
+def stop_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to a process started with ``start_new_session`` and its children; SIGKILL after 20 s."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture
 def prefect_server(tmp_path):
     """`prefect server start` on a free 127.0.0.1 port with a private PREFECT_HOME; yields (api_url, env)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
+        # Scripts such as deployments/setup.sh call `prefect`: use this interpreter's, venv active or not.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         PREFECT_HOME=str(tmp_path / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",  # the UI's default points at port 4200
@@ -113,9 +126,4 @@ def prefect_server(tmp_path):
                 time.sleep(0.5)
         yield url, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, signal.SIGTERM)

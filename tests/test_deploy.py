@@ -20,7 +20,7 @@ import pytest
 
 from selffeed.config import load_config
 from selffeed.layout import RunLayout
-from tests.conftest import api, tiny_overrides
+from tests.conftest import api, stop_group, tiny_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -78,14 +78,8 @@ def workers(prefect_server, tmp_path):
     try:
         yield url, env
     finally:
-        for p in procs:  # workers first, while the server still answers
-            os.killpg(p.pid, signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        for p in procs:  # workers first, while the server still answers (it stops after this fixture)
+            stop_group(p, signal.SIGINT)
 
 
 def test_deploy_trigger_and_continue_nightly(workers, tmp_path):
@@ -146,12 +140,7 @@ def cpu_worker(prefect_server, tmp_path):
     try:
         yield url, env
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, signal.SIGINT)
 
 
 def _browser_missing() -> str | None:
