@@ -77,12 +77,12 @@ def format_status(status: dict[str, Any]) -> str:
             score = "-" if f.get("kept_score") is None else f"{f['kept_score']:.3f}"
             lines.append(
                 f"  round {r:3d}  {entry['state']:<9} {f['metric']} {f['value']:.3f}  loss {f['loss']:.4f}  "
-                f"train {f['train_size']}  kept {f.get('kept', '-')}  kept_score {score}{best}"
+                f"train {f['train_size']}  kept {'-' if f.get('kept') is None else f['kept']}  kept_score {score}{best}"
             )
         else:
             lines.append(
                 f"  round {r:3d}  {entry['state']:<9} acc {f['accuracy']:.3f}  hardest {f['accuracy_hardest']:.3f}  "
-                f"loss {f['loss']:.4f}  train {f['train_size']}  kept {f.get('kept', '-')}  precision {prec}{best}"
+                f"loss {f['loss']:.4f}  train {f['train_size']}  kept {'-' if f.get('kept') is None else f['kept']}  precision {prec}{best}"
             )
         for name, st in entry["stages"].items():
             secs = "" if st["seconds"] is None else f" {st['seconds']:.1f}s"
