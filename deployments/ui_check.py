@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -27,13 +28,19 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _api(base: str, path: str, body: dict | None = None):
+def _api(base: str, path: str, body: dict | None = None, tries: int = 6):
     req = urllib.request.Request(
         f"{base}/api{path}", data=None if body is None else json.dumps(body).encode(),
         headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST",
     )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as err:  # a busy SQLite-backed server answers 503: retry
+            if err.code not in (429, 503) or attempt == tries - 1:
+                raise
+        time.sleep(1 + attempt)
 
 
 def submit_custom_run(base: str, config: dict, run_name: str, shots: Path, chromium: str) -> None:

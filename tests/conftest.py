@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -78,13 +79,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def api(url: str, path: str, body: dict | None = None):
+def api(url: str, path: str, body: dict | None = None, tries: int = 6):
+    """GET (or POST ``body``) JSON from a Prefect API; retries 503/429 as Prefect's own client does
+    (the SQLite-backed server answers 503 while its database is busy)."""
     req = urllib.request.Request(
         url + path, data=None if body is None else json.dumps(body).encode(),
         headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST",
     )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            if err.code not in (429, 503) or attempt == tries - 1:
+                raise
+        time.sleep(1 + attempt)
 
 
 def stop_group(proc: subprocess.Popen, sig: int) -> None:

@@ -65,8 +65,8 @@ def child_runs(url, parent_id):
 @pytest.fixture
 def workers(prefect_server, tmp_path):
     url, env = prefect_server
-    env = dict(env, PREFECT_API_URL=url, SELFFEED_HOME=str(ROOT), PREFECT_WORKER_QUERY_SECONDS="1",
-               PREFECT_WORKER_PREFETCH_SECONDS="2")
+    env = dict(env, PREFECT_API_URL=url, SELFFEED_HOME=str(ROOT), PREFECT_WORKER_QUERY_SECONDS="2",
+               PREFECT_WORKER_PREFETCH_SECONDS="4")
     subprocess.run(["bash", "deployments/setup.sh"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
     procs = []
     for pool in ("cpu", "gpu"):
