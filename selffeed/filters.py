@@ -13,12 +13,12 @@ for the score filters, the ``score`` a scorer gave against the reference the dat
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import pandas as pd
 
 from selffeed.config import FilterConfig
+from selffeed.scorers import load_callable
 
 Verifier = Callable[[str, str], bool]
 
@@ -125,17 +125,12 @@ def verified(samples: pd.DataFrame, verifier: Verifier) -> pd.Series:
 
 
 def load_verifier(spec: str) -> Verifier:
-    """Import ``'package.module:function'``; raise a one-line error naming ``spec`` when it fails."""
-    module_name, _, attr = spec.partition(":")
+    """Import ``'package.module:function'`` or ``'path/to/file.py:function'``; raise a one-line error
+    naming ``spec`` when it fails."""
+    module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
         raise ValueError(f"filter.verifier '{spec}': expected 'module:function'")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"filter.verifier '{spec}': cannot import ({err})") from None
-    if not callable(fn):
-        raise ValueError(f"filter.verifier '{spec}': not callable")
-    return fn
+    return load_callable(spec, "filter.verifier")
 
 
 def apply_filters(

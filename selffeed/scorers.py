@@ -141,11 +141,14 @@ def metric_name(spec: str) -> str:
     return spec if spec in BUILTIN else spec.rpartition(":")[2]
 
 
-def _import(module: str, spec: str):
+def load_callable(spec: str, label: str, error: type[ValueError] = ValueError) -> Callable[..., Any]:
+    """Import ``'path/to/file.py:function'`` or ``'package.module:function'``; any failure raises
+    ``error`` with one line starting ``label 'spec':``. Shared by scorers and filter verifiers."""
+    module, _, attr = spec.rpartition(":")
     if module.endswith(".py") or "/" in module:
         path = Path(module).expanduser()
         if not path.is_file():
-            raise ScorerError(f"scorer '{spec}': file {path} not found")
+            raise error(f"{label} '{spec}': file {path} not found")
         name = f"selffeed_user_{path.stem}"
         loader = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(loader)
@@ -154,12 +157,18 @@ def _import(module: str, spec: str):
             loader.loader.exec_module(mod)
         except Exception as err:
             sys.modules.pop(name, None)
-            raise ScorerError(f"scorer '{spec}': importing {path} failed ({type(err).__name__}: {err})") from None
-        return mod
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ScorerError(f"scorer '{spec}': cannot import module '{module}' ({err})") from None
+            raise error(f"{label} '{spec}': importing {path} failed ({type(err).__name__}: {err})") from None
+    else:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            raise error(f"{label} '{spec}': cannot import module '{module}' ({err})") from None
+    fn = getattr(mod, attr, None)
+    if fn is None:
+        raise error(f"{label} '{spec}': '{module}' has no attribute '{attr}'")
+    if not callable(fn):
+        raise error(f"{label} '{spec}': '{attr}' is not callable")
+    return fn
 
 
 def load_scorer(spec: str) -> Scorer:
@@ -174,11 +183,7 @@ def load_scorer(spec: str) -> Scorer:
         raise ScorerError(
             f"scorer '{spec}': expected one of {', '.join(BUILTIN)} or 'path/to/file.py:function'"
         )
-    fn = getattr(_import(module, spec), attr, None)
-    if fn is None:
-        raise ScorerError(f"scorer '{spec}': '{module}' has no attribute '{attr}'")
-    if not callable(fn):
-        raise ScorerError(f"scorer '{spec}': '{attr}' is not callable")
+    fn = load_callable(spec, "scorer", ScorerError)
     try:
         inspect.signature(fn).bind(["x"], references=["x"], prompts=["x"])
     except TypeError as err:
