@@ -100,6 +100,10 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps, then cosine decay.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a fraction of the peak.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    position_offset: int = Field(
+        0, ge=0, description="Shift each sequence's position ids by a random 0..n while training, so "
+        "learned absolute positions generalize to longer inputs (length extension); 0 disables.",
+    )
     progress: bool = Field(True, description="Show a progress bar.")
 
 

@@ -128,7 +128,13 @@ def train(
         ids, labels, mask = collate(all_ids, all_labels, idx, tokenizer.pad_token_id)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        extra = {}
+        if cfg.position_offset:
+            # Random per-sequence shifts: the model sees every position index in use, so answers
+            # longer than the training data do not land on untrained position embeddings.
+            shift = torch.randint(0, cfg.position_offset + 1, (ids.shape[0], 1), generator=gen)
+            extra["position_ids"] = torch.arange(ids.shape[1]).unsqueeze(0) + shift
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, **extra)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
