@@ -7,7 +7,8 @@ from selffeed.filters import load_verifier
 from selffeed.model import check_checkpoint
 from selffeed.recipes import recipe_for
 from selffeed.recipes.prompts import longest_sequence
-from selffeed.scorers import load_scorer
+from selffeed.recipes.text import longest_tokens as text_longest_tokens
+from selffeed.scorers import load_callable, load_scorer
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -23,6 +24,15 @@ def preflight(cfg: RunConfig) -> None:
                 raise ConfigError(
                     f"model.n_positions={cfg.model.n_positions}: too short for the data, whose longest prompt "
                     f"plus completion (or prompt plus prompts.max_new_tokens) is {need} characters"
+                )
+        if cfg.recipe == "text":
+            if cfg.text.scorer:
+                load_callable(cfg.text.scorer, "text.scorer")
+            need = text_longest_tokens(splits, cfg.text)
+            if not cfg.model.path and need > cfg.model.n_positions:
+                raise ConfigError(
+                    f"model.n_positions={cfg.model.n_positions}: too short for the corpus, whose longest document "
+                    f"(or prompt plus text.max_new_tokens) is {need} {cfg.text.tokenizer} tokens"
                 )
         if cfg.filter.verifier:
             load_verifier(cfg.filter.verifier)

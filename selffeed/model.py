@@ -23,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from selffeed.config import ModelConfig
 from selffeed.layout import atomic_path
@@ -81,11 +81,17 @@ def check_checkpoint(path: str | Path) -> None:
     if not (p / "config.json").is_file():
         raise ModelLoadError(f"model.path '{p}': no config.json (expected a save_pretrained checkpoint)")
     try:
-        model_type = AutoConfig.from_pretrained(p, local_files_only=True).model_type
+        config = AutoConfig.from_pretrained(p, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"model.path '{p}': unreadable config.json ({_first_line(err)})") from None
+    model_type = config.model_type
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelLoadError(f"model.path '{p}': model type '{model_type}' is not a causal LM")
+    # BERT-like encoders have a causal-LM class too, but only act as one when configured as a decoder.
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise ModelLoadError(
+            f"model.path '{p}': model type '{model_type}' is an encoder (is_decoder is false), not a causal LM"
+        )
     for weights in sorted(p.glob("*.safetensors")):
         try:  # reads only the header: catches truncated or overwritten weight files cheaply
             with safe_open(weights, framework="pt") as fh:

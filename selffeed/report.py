@@ -17,12 +17,18 @@ def round_table(history: Sequence[dict[str, Any]]) -> str:
     Rounds of a scored recipe (metrics name their ``metric``) show the kept rows' mean score and the
     validation metric instead of precision and accuracies.
     """
+    if "distinct_2" in history[0]:
+        return _text_table(history)
     if "metric" in history[0]:
         return _scored_table(history)
     buckets = sorted({d for m in history for d in m["accuracy_by_difficulty"]}, key=int)
     stages = ["finetune", "sample", "filter", "retrain", "validate"]
+    audited = any(m.get("audit_precision") is not None for m in history)
+    curriculum = any(m.get("pool_difficulties") for m in history)
     head = (
         ["round", "train", "kept", "precision"]
+        + (["audit"] if audited else [])
+        + (["pool"] if curriculum else [])
         + [f"acc@{d}" for d in buckets]
         + ["acc", "loss"]
         + [f"{s}_s" for s in stages]
@@ -32,8 +38,31 @@ def round_table(history: Sequence[dict[str, Any]]) -> str:
         times = m.get("seconds", {})
         rows.append(
             [str(m["round"]), _fmt(m.get("train_size"), "d"), _fmt(m.get("kept"), "d"), _fmt(m.get("kept_precision"))]
+            + ([_fmt(m.get("audit_precision"))] if audited else [])
+            + ([",".join(map(str, m.get("pool_difficulties") or [])) or "-"] if curriculum else [])
             + [_fmt(m["accuracy_by_difficulty"].get(d)) for d in buckets]
             + [_fmt(m["accuracy"]), _fmt(m["loss"])]
+            + [_fmt(times.get(s), ".1f") for s in stages]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _text_table(history: Sequence[dict[str, Any]]) -> str:
+    """Text recipe: mix size and real share, kept rows, held-out perplexity, diversity of generations
+    (distinct-1/2, self-BLEU: lower is more diverse) and, for the demo, the well-formed share."""
+    stages = ["finetune", "sample", "filter", "retrain", "validate"]
+    formed = any(m.get("wellformed") is not None for m in history)
+    head = (["round", "train", "real", "kept", "ppl", "dist-1", "dist-2", "self-bleu"]
+            + (["wellformed"] if formed else []) + [f"{s}_s" for s in stages])
+    rows = [head]
+    for m in history:
+        times = m.get("seconds", {})
+        rows.append(
+            [str(m["round"]), _fmt(m.get("train_size"), "d"), _fmt(m.get("real_fraction"), ".2f"),
+             _fmt(m.get("kept"), "d"), _fmt(m["perplexity"]), _fmt(m["distinct_1"]), _fmt(m["distinct_2"]),
+             _fmt(m["self_bleu"], ".1f")]
+            + ([_fmt(m.get("wellformed"))] if formed else [])
             + [_fmt(times.get(s), ".1f") for s in stages]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -59,8 +88,8 @@ def _scored_table(history: Sequence[dict[str, Any]]) -> str:
 def comparison(main: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]], label: str = "seed-only") -> str:
     """Final-round held-out accuracy per difficulty of the loop vs a control with the same steps."""
     a, b = main[-1], control[-1]
-    if "metric" in a:  # a scored recipe: one validation metric, no difficulty buckets
-        name = a["metric"]
+    if "metric" in a or "distinct_2" in a:  # a scored or text recipe: one validation metric, no buckets
+        name = a.get("metric", "perplexity")
         return "\n".join([
             f"final round {a['round']} (same training steps in both arms)",
             f"{'metric':>10}  {'self-improve':>12}  {label:>12}  {'delta':>7}",
@@ -84,7 +113,7 @@ def artifact_key(name: str) -> str:
 def round_markdown(name: str, history: Sequence[dict[str, Any]], record: dict[str, Any]) -> str:
     """The round report attached to the flow run: the table, the best round and the stop reason."""
     last = history[-1]
-    metric = last.get("metric", "accuracy")
+    metric = last.get("metric", "perplexity" if "distinct_2" in last else "accuracy")
     lines = [
         f"# {name}: round {last['round']}",
         "",

@@ -40,10 +40,9 @@ def run_status(root: Path) -> dict[str, Any]:
             entry["figures"] = {
                 k: metrics.get(k) for k in ("accuracy", "accuracy_hardest", "loss", "train_size", "kept", "kept_precision")
             }
-            if "metric" in metrics:  # a scored recipe: its metric and the kept rows' mean score
-                entry["figures"].update(
-                    metric=metrics["metric"], value=metrics[metrics["metric"]], kept_score=metrics.get("kept_score")
-                )
+            if "metric" in metrics or "distinct_2" in metrics:  # scored or text: one metric, kept rows' mean score
+                name = metrics.get("metric", "perplexity")
+                entry["figures"].update(metric=name, value=metrics[name], kept_score=metrics.get("kept_score"))
         else:
             entry["state"] = "partial"
             present = {

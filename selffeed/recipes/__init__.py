@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from functools import partial
 
 import pandas as pd
+from transformers import PreTrainedTokenizerBase
 
 from selffeed.config import RunConfig
-from selffeed.recipes import arithmetic, prompts
+from selffeed.recipes import arithmetic, prompts, stories, text
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,15 @@ class Recipe:
     max_new_tokens: int
     scorer: str | None = None
     """Scorer spec (see :mod:`selffeed.scorers`) for validation and score filters; None: exact match."""
+    views: Callable[[str], list[str]] | None = None
+    """Prompt -> equivalent re-phrasings with the same answer (filter.views); None when the recipe has none."""
+    make_tokenizer: Callable[..., PreTrainedTokenizerBase] | None = None
+    """Prepared frames -> the tiny default model's tokenizer; None: characters (see ``chars``)."""
+    wellformed: Callable[[str], bool] | None = None
+    """Prompt + completion -> whether it parses under a known grammar (the text demo); validation reports the rate."""
+    one_answer_per_prompt: bool = True
+    """A prompt has one right completion (the training mix keeps the latest label of each prompt and never
+    relabels a seed prompt); False for free text, where every kept row is a document of its own."""
 
 
 def recipe_for(cfg: RunConfig) -> Recipe:
@@ -43,6 +53,7 @@ def recipe_for(cfg: RunConfig) -> Recipe:
             parse_answer=partial(arithmetic.parse_answer, width=a.width),
             true_completion=partial(arithmetic.true_completion, width=a.width),
             max_new_tokens=arithmetic.max_new_tokens(a),
+            views=arithmetic.swapped,
         )
     if cfg.recipe == "prompts":
         p = cfg.prompts
@@ -54,5 +65,18 @@ def recipe_for(cfg: RunConfig) -> Recipe:
             true_completion=None,
             max_new_tokens=p.max_new_tokens,
             scorer=p.scorer,
+        )
+    if cfg.recipe == "text":
+        t = cfg.text
+        return Recipe(
+            name="text",
+            chars=None,
+            make_splits=partial(text.make_splits, t),
+            parse_answer=text.parse_answer,
+            true_completion=None,
+            max_new_tokens=t.max_new_tokens,
+            make_tokenizer=text.word_tokenizer if t.tokenizer == "word" else None,
+            wellformed=None if t.data else stories.is_wellformed,
+            one_answer_per_prompt=False,
         )
     raise ValueError(f"recipe: unknown recipe '{cfg.recipe}'")
