@@ -5,6 +5,7 @@
     selffeed run data/configs/arithmetic.yaml                 # the offline demo
     selffeed run data/configs/arithmetic.yaml sample.k=4 loop.max_rounds=2 --control
     selffeed status runs/arith-demo
+    selffeed experiment data/configs/arithmetic.yaml --seeds 3    # all arms; report + plot
     selffeed --help
 
 Bad input (missing file, unknown key, wrong type, unloadable model) prints one line naming the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -40,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="list a run's rounds and stages (done/stale/missing) from its files")
     status.add_argument("run_dir", help="run directory, e.g. runs/arith-demo")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    exp = sub.add_parser(
+        "experiment", help="run the loop and its control arms over several seeds; write a report with a plot"
+    )
+    exp.add_argument("config", help="YAML config, e.g. data/configs/arithmetic.yaml")
+    exp.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields, e.g. loop.max_rounds=2")
+    exp.add_argument("--seeds", type=int, default=3, help="seeds per arm: the config's seed and the next ones (3)")
+    exp.add_argument(
+        "--arms", default="self,seed_only,unfiltered,oracle",
+        help="comma-separated arms, all with the same rounds and steps (default: all four)",
+    )
     return p
 
 
@@ -51,6 +63,8 @@ def _prefect_env(cfg: RunConfig) -> None:
     os.environ.setdefault("PREFECT_HOME", str(home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The embedded server's default 20 s to come up is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def quiet_libraries() -> None:
@@ -108,6 +122,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from selffeed import experiment as ex
+    from selffeed.checks import preflight
+    from selffeed.lock import assert_unlocked
+    from selffeed.stages import layout_of
+
+    cfg = load_config(args.config, args.overrides)
+    arms = ex.parse_arms(args.arms)
+    if not 1 <= args.seeds <= 20:
+        raise ConfigError(f"--seeds {args.seeds}: expected 1..20")
+    preflight(cfg)
+    for _arm, _seed, arm_cfg in ex.arm_configs(cfg, arms, args.seeds):  # also rejects an oracle without truth
+        assert_unlocked(layout_of(arm_cfg).lock)
+    _prefect_env(cfg)
+    quiet_libraries()
+    from flows.experiment import experiment
+
+    t0 = time.perf_counter()
+    command = shlex.join(["selffeed", "experiment", args.config, *args.overrides, "--seeds", str(args.seeds),
+                          "--arms", ",".join(arms)])
+    summary = experiment(cfg, seeds=args.seeds, arms=arms, command=command)
+    print(f"\nexperiment {cfg.name}: {len(arms)} arms x {args.seeds} seed(s) in {time.perf_counter() - t0:.0f} s")
+    for arm in arms:
+        print(f"\narm {arm} (mean ± sd across seeds)")
+        print(ex.arm_table(summary, arm))
+    print(f"\nfinal round {summary['rounds'][-1]} (same rounds and training steps in every arm)")
+    print(ex.final_table(summary))
+    print("\n".join(["", *ex.findings(summary)]))
+    print("\nreport: " + ", ".join(summary["report"].values()), flush=True)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
@@ -121,14 +167,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+
+def _reexec_with_tcmalloc() -> None:
+    """Restart this command once with tcmalloc preloaded when Debian's libtcmalloc-minimal4 is installed:
+    torch's many small CPU allocations are much cheaper under it (see README, Performance).
+    ``SELFFEED_TCMALLOC=0`` opts out."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if os.environ.get("SELFFEED_TCMALLOC", "1") == "0" or "tcmalloc" in preload or not Path(TCMALLOC).exists():
+        return
+    env = {**os.environ, "LD_PRELOAD": ":".join(filter(None, [TCMALLOC, preload])), "SELFFEED_TCMALLOC": "0"}
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console command, not a call from Python
+        _reexec_with_tcmalloc()
     from selffeed.lock import RunLocked
     from selffeed.model import ModelLoadError
     from selffeed.schema import SchemaError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse cannot take positionals after an option (`experiment c.yaml --seeds 3 k=v`): such
+    # trailing key=value items are overrides too.
+    if extra and (not hasattr(args, "overrides") or any("=" not in x or x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     try:
-        return {"run": cmd_run, "status": cmd_status}[args.command](args)
+        return {"run": cmd_run, "status": cmd_status, "experiment": cmd_experiment}[args.command](args)
     except (ConfigError, ModelLoadError, SchemaError) as err:
         print(f"selffeed: error: {err}", file=sys.stderr)
         return 2

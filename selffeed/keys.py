@@ -10,6 +10,7 @@ kept digest, every key downstream, while prepare, fine-tune and sample keep thei
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import inspect
@@ -27,34 +28,51 @@ FORMAT_VERSION = 1
 
 # Modules whose source a stage's output depends on (its own function in selffeed.stages is added).
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "prepare": ("selffeed.recipes", "selffeed.recipes.arithmetic", "selffeed.recipes.prompts", "selffeed.schema"),
-    "finetune": ("selffeed.finetune", "selffeed.model", "selffeed.recipes.arithmetic", "selffeed.recipes.prompts"),
-    "sample": (
-        "selffeed.sample", "selffeed.model", "selffeed.schema", "selffeed.recipes.arithmetic",
-        "selffeed.recipes.prompts", "selffeed.scorers",
+    "prepare": (
+        "selffeed.recipes", "selffeed.recipes.arithmetic", "selffeed.recipes.prompts", "selffeed.schema",
+        "selffeed.recipes.text", "selffeed.recipes.stories",
     ),
-    "filter": ("selffeed.filters", "selffeed.schema", "selffeed.recipes", "selffeed.scorers"),
-    "retrain": ("selffeed.finetune", "selffeed.model", "selffeed.loop", "selffeed.schema"),
+    "finetune": (
+        "selffeed.finetune", "selffeed.model", "selffeed.recipes.arithmetic", "selffeed.recipes.prompts",
+        "selffeed.recipes.text", "selffeed.backends.lora",
+    ),
+    "sample": (
+        "selffeed.sample", "selffeed.model", "selffeed.schema", "selffeed.recipes", "selffeed.recipes.arithmetic",
+        "selffeed.recipes.prompts", "selffeed.scorers", "selffeed.curriculum", "selffeed.recipes.text",
+        "selffeed.backends.vllm_sampler", "selffeed.labels",
+    ),
+    "filter": (
+        "selffeed.filters", "selffeed.schema", "selffeed.recipes", "selffeed.scorers", "selffeed.sample",
+        "selffeed.model", "selffeed.text_filters", "selffeed.labels",
+    ),
+    "retrain": (
+        "selffeed.finetune", "selffeed.model", "selffeed.loop", "selffeed.schema", "selffeed.recipes",
+        "selffeed.recipes.text", "selffeed.backends.lora",
+    ),
     "validate": (
         "selffeed.validate", "selffeed.sample", "selffeed.model", "selffeed.recipes", "selffeed.recipes.arithmetic",
-        "selffeed.recipes.prompts", "selffeed.scorers",
+        "selffeed.recipes.prompts", "selffeed.scorers", "selffeed.audit", "selffeed.text_metrics",
+        "selffeed.text_filters", "selffeed.recipes.text", "selffeed.recipes.stories", "selffeed.labels",
     ),
 }
 # Fields of the recipe's config section that sampling, filtering and validation read (prepare reads
 # all of it); a field missing from a section is skipped.
 RECIPE_FIELDS: dict[str, tuple[str, ...]] = {
     "sample": ("width", "answer", "max_new_tokens"),
-    "filter": ("scorer",),
-    "validate": ("width", "scorer", "answer", "max_new_tokens"),
+    "filter": (
+        "scorer", "max_repeat_ratio", "repeat_n", "near_dup", "shingle_n", "min_sample_perplexity",
+        "max_sample_perplexity",
+    ),
+    "validate": ("width", "scorer", "answer", "max_new_tokens", "diversity_prompts"),
 }
 # Functions of selffeed.stages each stage runs.
 STAGE_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "prepare": ("prepare",),
     "finetune": ("finetune", "_base_model", "_train_and_save"),
     "sample": ("sample",),
-    "filter": ("filter_samples",),
-    "retrain": ("retrain", "_train_and_save"),
-    "validate": ("validate", "kept_precision"),
+    "filter": ("filter_samples", "_earlier_documents"),
+    "retrain": ("retrain", "_train_and_save", "_base_model"),
+    "validate": ("validate",),
 }
 
 
@@ -65,10 +83,14 @@ def _config_sections(stage: str, cfg: RunConfig) -> dict[str, Any]:
     by_stage = {
         "prepare": {"recipe": d["recipe"], d["recipe"]: d[d["recipe"]]},
         "finetune": {"model": d["model"], "finetune": d["finetune"], "threads": d["threads"]},
-        "sample": {"sample": d["sample"], "threads": d["threads"]},
+        "sample": {"sample": d["sample"], "views": d["filter"]["views"], "threads": d["threads"]},
         "filter": {"filter": d["filter"]},
-        "retrain": {"retrain": d["retrain"], "mix": d["loop"]["mix"], "threads": d["threads"]},
-        "validate": {"threads": d["threads"]},
+        "retrain": {
+            "retrain": d["retrain"], "mix": d["loop"]["mix"], "threads": d["threads"],
+            # reinit trains the base model again, which the model section describes
+            "policy": {k: d["loop"][k] for k in ("min_real_fraction", "init")}, "model": d["model"],
+        },
+        "validate": {"threads": d["threads"], "audit": d["audit"]},
     }
     section = d[d["recipe"]]
     if stage in RECIPE_FIELDS:
@@ -76,9 +98,18 @@ def _config_sections(stage: str, cfg: RunConfig) -> dict[str, Any]:
     if d["recipe"] == "prompts":
         if stage == "prepare":  # the data file and the model's chat template shape the splits
             by_stage[stage]["data"] = _file_digest(section["data"])
+            by_stage[stage]["gold"] = _file_digest(section.get("gold"))
             by_stage[stage]["model_path"] = d["model"]["path"]
         if stage in ("filter", "validate"):  # a user scorer's own source counts like ours
             by_stage[stage]["scorer_source"] = _scorer_digest(section["scorer"])
+    if d["recipe"] == "text":
+        if stage == "prepare":  # the corpus files (a glob may name several) and the prompt file
+            by_stage[stage]["data"] = [_file_digest(f) for f in sorted(glob.glob(section["data"] or ""))]
+            by_stage[stage]["prompts_file"] = _file_digest(section["prompts"])
+        if stage == "filter" and section["scorer"]:
+            by_stage[stage]["scorer_source"] = _scorer_digest(section["scorer"])
+        if stage == "validate":  # diversity is measured on sampled continuations
+            by_stage[stage]["sample"] = d["sample"]
     return {**common, **by_stage[stage]}
 
 

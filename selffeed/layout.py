@@ -13,6 +13,7 @@
         round-001/model/            retrained checkpoint
         round-001/metrics.json
         round-001/manifest.json     written last: the round is committed
+        best -> round-00N/model     the best validated round's model (the run's export)
         round-001/.samples-<key>/   sampling shards while a sample stage runs (resumable)
         .lock                       the single writer's PID and host
         .prefect-results/           Prefect's persisted stage results (cache records)
@@ -92,6 +93,11 @@ class RunLayout:
         return [p for p in self.round_dir(r).glob(".samples-*") if p != keep]
 
     @property
+    def best(self) -> Path:
+        """Symlink to the best validated round's ``model/``: the run's exported model."""
+        return self.root / "best"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".lock"
 
@@ -112,6 +118,36 @@ class RunLayout:
 
     def model_id(self, r: int) -> str:
         return f"{self.root.name}/round-{r:03d}"
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """Paths of an experiment's report (``selffeed experiment``): ``<runs_dir>/<name>-experiment/``.
+
+    Its arms' runs are ordinary run directories beside it, ``<runs_dir>/<name>-<arm>-s<seed>/``.
+    """
+
+    root: Path
+
+    @classmethod
+    def of(cls, runs_dir: str | Path, name: str) -> ExperimentLayout:
+        return cls(Path(runs_dir) / f"{name}-experiment")
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "accuracy.png"
+
+    @staticmethod
+    def arm_run(runs_dir: str | Path, name: str, arm: str, seed: int) -> RunLayout:
+        return RunLayout.of(runs_dir, f"{name}-{arm}-s{seed}")
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -147,11 +183,18 @@ def remove_temporaries(root: Path) -> list[Path]:
     """Delete temporaries a killed writer left under ``root``; only call while holding the run lock."""
     found = sorted(root.rglob(f"{TMP_MARK}*")) if root.is_dir() else []
     for p in found:
-        if p.is_dir():
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
     return found
+
+
+def point_to(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symlink to ``target``, replacing any old one atomically."""
+    tmp = _tmp_sibling(link)
+    tmp.symlink_to(os.path.relpath(target, link.parent))
+    os.replace(tmp, link)
 
 
 def write_json(path: Path, data: Any) -> None:

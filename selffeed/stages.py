@@ -22,19 +22,26 @@ import pandas as pd
 import torch
 
 from selffeed import schema
-from selffeed.config import RunConfig, dump_config, load_config
-from selffeed.filters import apply_filters
+from selffeed.backends.lora import merge_lora, with_lora
+from selffeed.backends.vllm_sampler import generate_batches as vllm_generate_batches, load_vllm
+from selffeed.config import ConfigError, RunConfig, dump_config, load_config
+from selffeed.audit import audit
+from selffeed.curriculum import pool_difficulties, round_pool
+from selffeed.filters import apply_filters, majority_vote
 from selffeed.finetune import train
-from selffeed.layout import RunLayout, read_json, remove_temporaries, write_json, write_text
+from selffeed.layout import RunLayout, point_to, read_json, remove_temporaries, write_json, write_text
+from selffeed.labels import audit_truth, ensemble_answers, kept_precision, oracle_kept, with_views
 from selffeed.lock import run_lock
-from selffeed.loop import best_round, stop_reason, training_mix
+from selffeed.loop import audit_stop, best_round, stop_reason, training_mix
 from selffeed.manifest import Manifest, make_manifest
 from selffeed.model import load_checkpoint, save_checkpoint, tiny_gpt2, char_tokenizer
 from selffeed.recipes import recipe_for
 from selffeed.recipes.prompts import chars_of
 from selffeed.scorers import score_rows
 from selffeed.keys import stage_key
-from selffeed.sample import generate_batches, plan_batches, samples_frame
+from selffeed.sample import generate_batches, plan_batches, sample_completions, samples_frame
+from selffeed.text_filters import apply_text_filters, documents
+from selffeed.text_metrics import evaluate_text
 from selffeed.validate import evaluate, evaluate_scored
 
 
@@ -60,9 +67,13 @@ def prepare(cfg: RunConfig) -> Manifest:
     rows["seed"] = schema.write(splits["seed"], schema.LABELLED, lay.split("seed"))
     rows["test"] = schema.write(splits["test"], schema.LABELLED, lay.split("test"))
     rows["pool"] = schema.write(splits["pool"], schema.POOL, lay.split("pool"))
+    names = ["seed", "pool", "test"]
+    if "gold" in splits:  # the audit's hidden answers for some pool prompts
+        rows["gold"] = schema.write(splits["gold"], schema.LABELLED, lay.split("gold"))
+        names.append("gold")
     return make_manifest(
         "prepare",
-        {s: lay.split(s) for s in ("seed", "pool", "test")},
+        {s: lay.split(s) for s in names},
         rows=sum(rows.values()),
         split_rows=rows,
         seconds=time.perf_counter() - t0,
@@ -72,6 +83,10 @@ def prepare(cfg: RunConfig) -> Manifest:
 def _base_model(cfg: RunConfig, data: Manifest):
     if cfg.model.path:
         return load_checkpoint(cfg.model.path)
+    make_tokenizer = recipe_for(cfg).make_tokenizer
+    if make_tokenizer is not None:  # e.g. the text recipe's word-level tokens over the prepared corpus
+        tokenizer = make_tokenizer(*(pd.read_parquet(data.path(s)) for s in ("seed", "pool", "test")))
+        return tiny_gpt2(cfg.model, tokenizer, seed=cfg.seed), tokenizer
     chars = recipe_for(cfg).chars
     if chars is None:  # a recipe without a fixed alphabet: every character of the prepared data
         chars = chars_of(*(pd.read_parquet(data.path(s)) for s in ("seed", "pool", "test")))
@@ -83,7 +98,9 @@ def _train_and_save(
     cfg: RunConfig, r: int, model, tokenizer, mix: pd.DataFrame, train_cfg, n_kept: int, progress: Progress | None,
     t0: float,
 ) -> Manifest:
+    model = with_lora(model, train_cfg)  # unchanged when train_cfg.lora_r == 0
     stats = train(model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}", progress=progress)
+    model = merge_lora(model)  # saved checkpoints stay plain HF causal LMs
     path = layout_of(cfg).model(r)
     save_checkpoint(model, tokenizer, path)
     return make_manifest(
@@ -111,9 +128,17 @@ def finetune(cfg: RunConfig, data: Manifest, progress: Progress | None = None) -
 
 
 def sample(
-    cfg: RunConfig, r: int, model: Manifest, data: Manifest, progress: Progress | None = None
+    cfg: RunConfig,
+    r: int,
+    model: Manifest,
+    data: Manifest,
+    difficulties: list[int] | None = None,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Draw ``cfg.sample.k`` completions per prompt of round ``r``'s pool slice from ``model``.
+
+    ``difficulties`` (the curriculum's choice) restricts the slice; with ``filter.views`` each prompt's
+    equivalent views are sampled too, under the same ``prompt_id`` (sample_idx ``view * k + i``).
 
     Completions are written in shards of ``cfg.sample.shard_batches`` batches under a directory
     named by the stage key; a re-run after a crash reuses the finished shards and produces the same
@@ -124,14 +149,21 @@ def sample(
     lay = layout_of(cfg)
     recipe = recipe_for(cfg)
     pool = schema.read(data.path("pool"), schema.POOL)
-    n_slices = int(pool["slice"].max()) + 1
-    pool = pool[pool["slice"] == (r - 1) % n_slices].reset_index(drop=True)
-    lm, tokenizer = load_checkpoint(model.path("model"))
+    per_round = cfg.arithmetic.pool_per_round if cfg.recipe == "arithmetic" else None
+    pool = round_pool(pool, r, difficulties, per_round)
+    pool = with_views(pool, recipe.views) if cfg.filter.views and recipe.views else pool.assign(view=0)
+    k = 1 if cfg.sample.greedy else cfg.sample.k
+    if cfg.sample.backend == "vllm":  # same Completion rows, seeded per prompt instead of per batch
+        lm, tokenizer = load_vllm(model.path("model"), seed=cfg.seed, threads=cfg.threads)
+        generate = vllm_generate_batches
+    else:
+        lm, tokenizer = load_checkpoint(model.path("model"))
+        generate = generate_batches
     seed = cfg.seed * 1000 + r
     prompts = list(pool["prompt"])
     batches = plan_batches(tokenizer, prompts, cfg.sample.batch_prompts)
     per = cfg.sample.shard_batches
-    tag = stage_key("sample", cfg, {"r": r, "model": model, "data": data})[:16]
+    tag = stage_key("sample", cfg, {"r": r, "model": model, "data": data, "difficulties": difficulties})[:16]
     for stale in lay.stale_shard_dirs(r, tag):
         shutil.rmtree(stale, ignore_errors=True)
     shards, resumed = [], 0
@@ -140,13 +172,14 @@ def sample(
         if path.exists():  # shards are renamed into place complete, so an existing one is whole
             resumed += 1
         else:
-            done = generate_batches(
+            done = generate(
                 lm, tokenizer, prompts, batches[first : first + per], cfg.sample, seed, recipe.max_new_tokens, first
             )
             frame = samples_frame(
                 pool, done, recipe.parse_answer, round_=r, model_id=lay.model_id(model.round or 0),
                 cfg=cfg.sample, seed=seed,
             )
+            frame["sample_idx"] += pool["view"].to_numpy()[[c.prompt_index for c in done]] * k
             schema.write(frame, schema.SAMPLES, path)
         shards.append(schema.read(path, schema.SAMPLES))
         if progress is not None:
@@ -168,7 +201,9 @@ def sample(
         {"samples": lay.samples(r)},
         round_=r,
         rows=n,
-        prompts=len(pool),
+        prompts=int(pool["prompt_id"].nunique()),
+        prompt_views=len(pool),
+        difficulties=sorted(int(d) for d in pool["difficulty"].unique()),
         shards=len(shards),
         shards_resumed=resumed,
         parsed=float(df["answer"].notna().mean()) if n else 0.0,
@@ -178,14 +213,31 @@ def sample(
     )
 
 
-def filter_samples(cfg: RunConfig, r: int, samples: Manifest) -> Manifest:
-    """Keep what the configured filters accept; never looks at true answers."""
+def _earlier_documents(cfg: RunConfig, r: int) -> list[str]:
+    """Prompt + completion of every row kept in rounds before ``r`` (the text recipe's dedup reference)."""
+    lay = layout_of(cfg)
+    frames = [schema.read(lay.kept(i), schema.KEPT) for i in range(1, r) if lay.kept(i).exists()]
+    return [d for f in frames for d in documents(f)]
+
+
+def filter_samples(cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Manifest] | None = None) -> Manifest:
+    """Keep what the configured filters accept; never looks at true answers (except ``filter.oracle``,
+    the oracle control arm)."""
     t0 = time.perf_counter()
     df = schema.read(samples.path("samples"), schema.SAMPLES)
     scorer = recipe_for(cfg).scorer
     if scorer is not None:
         df["score"] = score_rows(scorer, list(df["completion"]), list(df["reference"]), list(df["prompt"]))
-    kept = apply_filters(df, cfg.filter)
+    answers = None
+    if ensemble and cfg.filter.vote and not cfg.filter.oracle:
+        # Only prompts the vote keeps can be kept, so only they need the ensemble's answers.
+        candidates = df[majority_vote(df, cfg.filter.min_agreement)]
+        _threads(cfg)
+        answers = ensemble_answers(cfg, sorted(candidates["prompt"].unique()), ensemble)
+    if cfg.recipe == "text":  # free text: no vote; repetition, duplicate and perplexity filters instead
+        kept = apply_text_filters(df, cfg, earlier=_earlier_documents(cfg, r))
+    else:
+        kept = oracle_kept(cfg, df) if cfg.filter.oracle else apply_filters(df, cfg.filter, ensemble_answers=answers)
     path = layout_of(cfg).kept(r)
     n = schema.write(kept, schema.KEPT, path)
     scored = df["score"].dropna() if "score" in df else pd.Series([], dtype=float)
@@ -205,24 +257,19 @@ def filter_samples(cfg: RunConfig, r: int, samples: Manifest) -> Manifest:
 def retrain(
     cfg: RunConfig, r: int, previous: Manifest, data: Manifest, kept: list[Manifest], progress: Progress | None = None
 ) -> Manifest:
-    """Continue training round ``r-1``'s model on the mix of seed data and kept generations."""
+    """Continue training round ``r-1``'s model (or, with ``loop.init=reinit``, the base model) on the
+    mix of seed data and kept generations."""
     _threads(cfg)
     t0 = time.perf_counter()
     seed = schema.read(data.path("seed"), schema.LABELLED)
     kept_frames = [schema.read(k.path("kept"), schema.KEPT) for k in kept]
-    mix = training_mix(seed, kept_frames, cfg.loop)
-    model, tokenizer = load_checkpoint(previous.path("model"))
+    mix = training_mix(seed, kept_frames, cfg.loop, recipe_for(cfg).one_answer_per_prompt)
+    if cfg.loop.init == "reinit":  # ReST-EM: every round fine-tunes the base model on the new mix
+        model, tokenizer = _base_model(cfg, data)
+    else:
+        model, tokenizer = load_checkpoint(previous.path("model"))
     n_kept = len(kept_frames[-1]) if kept_frames else 0
     return _train_and_save(cfg, r, model, tokenizer, mix, cfg.retrain, n_kept, progress, t0)
-
-
-def kept_precision(cfg: RunConfig, kept: pd.DataFrame) -> float | None:
-    """Share of kept rows whose answer is right, from the recipe's hidden truth (reporting only)."""
-    recipe = recipe_for(cfg)
-    if kept.empty or recipe.true_completion is None:
-        return None
-    truth = [recipe.parse_answer(recipe.true_completion(p)) for p in kept["prompt"]]
-    return float(sum(a == t for a, t in zip(kept["answer"], truth)) / len(kept))
 
 
 def validate(
@@ -236,7 +283,14 @@ def validate(
     lm, tokenizer = load_checkpoint(model.path("model"))
     test = schema.read(data.path("test"), schema.LABELLED)
     metrics: dict[str, Any] = {"round": r, "model_id": lay.model_id(r)}
-    if recipe.scorer is not None:
+    if cfg.recipe == "text":
+        metrics.update(evaluate_text(
+            lm, tokenizer, test, cfg.sample, cfg.seed, recipe.max_new_tokens, cfg.text.diversity_prompts,
+            recipe.wellformed,
+        ))
+        train_size, generated = model.meta.get("train_size"), model.meta.get("generated_rows") or 0
+        metrics["real_fraction"] = 1 - generated / train_size if train_size else None
+    elif recipe.scorer is not None:
         metrics.update(evaluate_scored(lm, tokenizer, test, recipe.scorer, recipe.max_new_tokens))
     else:
         metrics.update(evaluate(lm, tokenizer, test, recipe.parse_answer, recipe.max_new_tokens))
@@ -245,10 +299,16 @@ def validate(
     for m in upstream or []:
         if m.stage == "sample":
             metrics["samples"] = m.rows
+            metrics["pool_difficulties"] = m.meta.get("difficulties")
         if m.stage == "filter":
             kept = schema.read(m.path("kept"), schema.KEPT)
             metrics["kept"] = m.rows
             metrics["kept_precision"] = kept_precision(cfg, kept)
+            truth, audited = audit_truth(cfg, data, kept)
+            if cfg.audit.size and truth is not None and not audited.empty:
+                est = audit(audited, truth, cfg.audit.size, cfg.seed * 1000 + r)
+                metrics["audit_precision"] = est["precision"]
+                metrics["audit"] = est
             if recipe.scorer is not None:  # mean score of the kept rows: how good the new labels look
                 metrics["kept_score"] = float(kept["score"].mean()) if kept["score"].notna().any() else None
     # metrics.json holds only what the seed determines (no timings), so reruns reproduce it byte for
@@ -263,19 +323,31 @@ def validate(
     return done
 
 
+def next_difficulties(cfg: RunConfig, data: Manifest, history: list[dict[str, Any]]) -> list[int] | None:
+    """The curriculum's pool difficulties for the round after ``history``; None samples every one."""
+    if cfg.curriculum.mode == "fixed":
+        return None
+    pool = schema.read(data.path("pool"), schema.POOL)
+    return pool_difficulties(history, cfg.curriculum, sorted(int(d) for d in pool["difficulty"].unique()))
+
+
 def decide(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
     """Record best round and stop reason in ``run.json``; returns that record."""
-    reason = stop_reason(history, cfg.loop)
+    reason = audit_stop(history, cfg.audit.min_precision) or stop_reason(history, cfg.loop)
+    lay = layout_of(cfg)
+    best = best_round(history, cfg.loop)
     record = {
         "name": cfg.name,
         "rounds": [m["round"] for m in history],
-        "best_round": best_round(history, cfg.loop),
+        "best_round": best,
         "metric": cfg.loop.metric,
         "stopped": reason is not None,
         "stop_reason": reason,
-        "best_model": str(layout_of(cfg).model(best_round(history, cfg.loop))),
+        "best_model": str(lay.model(best)),
+        "export": str(lay.best),
     }
-    write_json(layout_of(cfg).run_json, record)
+    point_to(lay.best, lay.model(best))
+    write_json(lay.run_json, record)
     return record
 
 

@@ -62,13 +62,13 @@ def finetune(cfg: RunConfig, data: Manifest) -> Manifest:
 
 
 @task(**_stage("sample", task_run_name="sample-r{r}", tags=GPU))
-def sample(cfg: RunConfig, r: int, model: Manifest, data: Manifest) -> Manifest:
-    return stages.sample(cfg, r, model, data, progress=_progress(f"sample r{r}"))
+def sample(cfg: RunConfig, r: int, model: Manifest, data: Manifest, difficulties: list[int] | None = None) -> Manifest:
+    return stages.sample(cfg, r, model, data, difficulties, progress=_progress(f"sample r{r}"))
 
 
 @task(**_stage("filter", task_run_name="filter-r{r}"))
-def filter_samples(cfg: RunConfig, r: int, samples: Manifest) -> Manifest:
-    return stages.filter_samples(cfg, r, samples)
+def filter_samples(cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Manifest] | None = None) -> Manifest:
+    return stages.filter_samples(cfg, r, samples, ensemble)
 
 
 @task(**_stage("retrain", task_run_name="retrain-r{r}", tags=GPU))

@@ -95,6 +95,7 @@ def test_deploy_trigger_and_continue_nightly(workers, tmp_path):
     assert k["type"] == "integer" and k["default"] == 8 and k["minimum"] == 1 and k["description"]
     assert defs["RunConfig"]["properties"]["name"]["description"]
     assert {d["work_pool_name"] for d in map(lambda n: deployment(url, f"{n}/{n}"), GPU_FLOWS)} == {"gpu"}
+    assert deployment(url, "experiment/experiment")["work_pool_name"] == "cpu"
 
     # The server rejects invalid parameters before any run exists.
     with pytest.raises(urllib.error.HTTPError) as err:

@@ -41,6 +41,16 @@ def true_completion(prompt: str, width: int) -> str:
     return answer_text(a + b, width)
 
 
+def swapped(prompt: str) -> list[str]:
+    """Equivalent views of a prompt: ``b+a`` for ``a+b`` (none when both operands are equal).
+
+    >>> swapped('321+540=')
+    ['540+321=']
+    """
+    left, right = prompt.rstrip("=").split("+")
+    return [] if left == right else [f"{right}+{left}="]
+
+
 def parse_answer(completion: str, width: int) -> str | None:
     """The answer of a completion if it is well-formed (``width + 1`` digits), else None."""
     text = completion.strip()
@@ -101,15 +111,18 @@ def _problems(
 def make_splits(cfg: ArithmeticConfig, seed: int) -> dict[str, pd.DataFrame]:
     """Disjoint ``seed`` (labelled), ``pool`` (unlabelled) and ``test`` (held-out, labelled) frames.
 
-    ``pool`` has ``pool_per_round * pool_slices`` prompts and a ``slice`` column.
+    ``pool`` has ``pool_per_round * pool_slices`` prompts per difficulty of ``pool_digits`` and a
+    ``slice`` column (0..pool_slices-1 within each difficulty).
     """
     rng = random.Random(seed)
     taken: set[str] = set()
     # Test first, so that the seed and the pool never contain a held-out problem.
     test = _problems(rng, cfg.test_digits, cfg.test_per_digits * len(cfg.test_digits), cfg.width, taken, "test_digits")
     seed_df = _problems(rng, cfg.seed_digits, cfg.seed_size, cfg.width, taken, "seed_digits")
-    pool = _problems(rng, cfg.pool_digits, cfg.pool_per_round * cfg.pool_slices, cfg.width, taken, "pool_digits")
-    pool["slice"] = [i // cfg.pool_per_round for i in range(len(pool))]
+    # Every pool difficulty gets a full set of slices, so a curriculum can pick any mix of them.
+    per = cfg.pool_per_round * cfg.pool_slices
+    pool = _problems(rng, cfg.pool_digits, per * len(cfg.pool_digits), cfg.width, taken, "pool_digits")
+    pool["slice"] = pool.groupby("difficulty").cumcount() // cfg.pool_per_round
     for df in (test, seed_df):
         df["completion"] = [true_completion(p, cfg.width) for p in df["prompt"]]
     pool.insert(0, "prompt_id", range(len(pool)))

@@ -146,14 +146,31 @@ def make_splits(cfg: PromptsConfig, seed: int, tokenizer_path: str | None = None
         raise DataError(f"{where}: every training row has a completion, so the pool of prompts is empty")
     test = rows[held].assign(completion=lambda d: d["completion"].fillna(d["reference"]))
     cols = ["prompt", "completion", "reference"]
+    gold = _gold(cfg, tokenizer_path)
+    if gold is not None:  # gold prompts are sampled and filtered like any other, their answers hidden
+        pool = pd.concat([pool, gold[["prompt"]].assign(reference=None)], ignore_index=True)
     pool = pool[["prompt", "reference"]].assign(
         prompt_id=range(len(pool)), slice=[i % cfg.pool_slices for i in range(len(pool))]
     )
-    return {
+    splits = {
         "seed": seed_df[cols].assign(difficulty=0).reset_index(drop=True),
         "pool": pool.assign(difficulty=0),
         "test": test[cols].assign(difficulty=0).reset_index(drop=True),
     }
+    if gold is not None:
+        splits["gold"] = gold[cols].assign(difficulty=0)
+    return splits
+
+
+def _gold(cfg: PromptsConfig, tokenizer_path: str | None) -> pd.DataFrame | None:
+    """The audit's gold rows (templated like the data), or None without ``prompts.gold``."""
+    if not cfg.gold:
+        return None
+    rows = load_rows(cfg.model_copy(update={"data": cfg.gold, "split_column": None}), tokenizer_path)
+    missing = rows.index[rows["completion"].isna()].tolist()
+    if missing:
+        raise DataError(f"prompts.gold '{cfg.gold}': {len(missing)} row(s) have no completion (first: row {missing[0]})")
+    return rows.reset_index(drop=True)
 
 
 def chars_of(*frames: pd.DataFrame) -> str:

@@ -1,0 +1,165 @@
+"""Controlled experiments: arm configs, the oracle filter, aggregation across seeds, the PNG report,
+and the experiment flow end to end on tiny runs."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pandas as pd
+import pytest
+
+from selffeed import experiment as ex
+from selffeed.config import ConfigError, load_config
+from selffeed.layout import ExperimentLayout
+from selffeed.plots import figure_pixels
+from selffeed.recipes.arithmetic import encode, true_completion
+from selffeed.labels import oracle_kept
+from tests.conftest import tiny_run_config
+
+CONFIG = "data/configs/arithmetic.yaml"
+
+
+def test_arms_share_rounds_and_steps_and_differ_only_in_data():
+    cfg = load_config(CONFIG, ["loop.max_rounds=3", "loop.patience=1", "loop.loss_threshold=0.5"])
+    runs = ex.arm_configs(cfg, ex.ARMS, seeds=2)
+    assert [(a, s) for a, s, _ in runs] == [(a, s) for s in (0, 1) for a in ex.ARMS]
+    for arm, seed, c in runs:
+        assert c.name == f"arith-demo-{arm}-s{seed}" and c.seed == seed
+        assert (c.loop.max_rounds, c.loop.patience, c.loop.loss_threshold) == (3, 4, None)
+        assert (c.finetune, c.retrain) == (cfg.finetune, cfg.retrain)
+    by = {a: c for a, s, c in runs if s == 0}
+    assert by["self"].filter == cfg.filter and by["self"].loop.mix == "accumulate"
+    assert by["seed_only"].loop.mix == "seed_only"
+    assert not by["unfiltered"].filter.vote and by["unfiltered"].sample.k == 1
+    assert by["oracle"].filter.oracle and by["oracle"].sample.k == 1
+    assert cfg.name == "arith-demo" and cfg.loop.patience == 1  # the input is not changed
+
+
+def test_bad_arms_and_an_oracle_without_truth_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--arms 'self,nope'"):
+        ex.parse_arms("self,nope")
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"prompt": "a", "answer": "b"}\n' * 4)
+    cfg = load_config(None, ["recipe=prompts", f"prompts.data={data}", "prompts.reference_column=answer"])
+    with pytest.raises(ConfigError, match="arm oracle: recipe prompts has no true answers"):
+        ex.arm_config(cfg, "oracle", 0)
+
+
+def test_oracle_keeps_one_true_label_per_prompt(tmp_path):
+    cfg = tiny_run_config(tmp_path, **{"filter.oracle": "true"})
+    prompts = [encode(12, 34, 2), encode(5, 7, 2)]
+    samples = pd.DataFrame({
+        "prompt_id": [0, 0, 0, 1, 1, 1],
+        "sample_idx": [0, 1, 2, 0, 1, 2],
+        "prompt": [prompts[0]] * 3 + [prompts[1]] * 3,
+        "completion": ["644", "000", "644", "210", "999", "210"],  # 12+34 is "640" (reversed), 5+7 is "210"
+        "answer": ["644", "000", "644", "210", "999", "210"],
+        "difficulty": [2] * 6,
+    })
+    kept = oracle_kept(cfg, samples)
+    assert list(kept["prompt_id"]) == [0, 1]
+    assert list(kept["completion"]) == [true_completion(p, 2) for p in prompts]
+    assert list(kept["passed"]) == ["oracle", "oracle"] and list(kept["votes"]) == [0, 2]
+    assert list(kept["agreement"]) == pytest.approx([0.0, 2 / 3])
+
+
+@pytest.mark.parametrize(
+    "extra, fragment", [(["--arms", "self,nope"], "--arms 'self,nope'"), (["--seeds", "0"], "--seeds 0")]
+)
+def test_cli_rejects_bad_arms_and_seeds_before_writing(extra, fragment, tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["experiment", CONFIG, f"runs_dir={tmp_path / 'runs'}", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("selffeed: error: ") and fragment in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def _history(accs: list[tuple[float, float]], kept: int | None = 10, precision: float | None = 0.9) -> list[dict]:
+    out = []
+    for r, (a2, a3) in enumerate(accs):
+        m = {"round": r, "accuracy_by_difficulty": {"2": a2, "3": a3}, "accuracy": (a2 + a3) / 2,
+             "accuracy_hardest": a3}
+        if r:
+            m.update(kept=kept, kept_precision=precision)
+        out.append(m)
+    return out
+
+
+def _histories():
+    # hardest accuracy per round: seed_only flat at .5; oracle climbs to .9; self to .7 / .8.
+    return {
+        "self": {0: _history([(0.8, 0.5), (0.9, 0.7)], precision=0.9),
+                 1: _history([(0.8, 0.5), (0.9, 0.8)], precision=0.7)},
+        "seed_only": {0: _history([(0.8, 0.5), (0.8, 0.5)], kept=None, precision=None),
+                      1: _history([(0.8, 0.5), (0.8, 0.5)], kept=None, precision=None)},
+        "oracle": {0: _history([(0.8, 0.5), (1.0, 0.9)], precision=1.0),
+                   1: _history([(0.8, 0.5), (1.0, 0.9)], precision=1.0)},
+        "unfiltered": {0: _history([(0.8, 0.5), (0.6, 0.3)], precision=0.2),
+                       1: _history([(0.8, 0.5), (0.6, 0.4)], precision=0.3)},
+    }
+
+
+def test_summary_means_sds_gap_closure_and_precision():
+    s = ex.summarize(_histories(), "demo")
+    assert s["keys"] == ["2", "3", "all"] and s["hardest"] == "3" and s["rounds"] == [0, 1] and s["seeds"] == [0, 1]
+    last = s["per_arm"]["self"]["rounds"][1]
+    assert last["accuracy"]["3"]["mean"] == pytest.approx(0.75)
+    assert last["accuracy"]["3"]["sd"] == pytest.approx(0.0707107, abs=1e-6)  # sample sd of .7, .8
+    assert last["kept"]["mean"] == 10 and last["precision"]["mean"] == pytest.approx(0.8)
+    assert s["per_arm"]["seed_only"]["rounds"][1]["precision"]["mean"] is None
+    closure = s["gap_closure"]["final"]
+    assert closure["per_seed"] == {0: pytest.approx(0.5), 1: pytest.approx(0.75)}
+    assert closure["mean"] == pytest.approx(0.625)
+    assert s["gap_closure"]["best"]["mean"] == pytest.approx(0.625)
+    assert s["per_arm"]["self"]["worst_precision"] == pytest.approx(0.7)
+    assert s["self_minus"]["unfiltered"]["wins"] == 2 and s["self_minus"]["unfiltered"]["mean"] == pytest.approx(0.4)
+    text = "\n".join(ex.findings(s))
+    assert "gap closure on 3 at the final round: 0.62 ± 0.18" in text and "self ahead in 2/2 seeds" in text
+    assert "0.750 ± 0.071" in ex.final_table(s)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_files_and_a_valid_png(tmp_path):
+    s = ex.summarize(_histories(), "demo")
+    lay = ExperimentLayout.of(tmp_path, "demo")
+    ex.write_report(lay, s, "selffeed experiment x.yaml --seeds 2")
+    assert _png_size(lay.plot.read_bytes()) == figure_pixels(s) == (1350, 360)
+    md = lay.report_md.read_text()
+    assert "selffeed experiment x.yaml --seeds 2" in md and "## Arm unfiltered" in md and "accuracy.png" in md
+    assert json.loads(lay.report_json.read_text())["gap_closure"]["final"]["per_seed"]["1"] == pytest.approx(0.75)
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_experiment_flow_runs_arms_and_writes_the_report(tmp_path, prefect_harness):
+    from flows.experiment import experiment
+
+    cfg = tiny_run_config(tmp_path, name="exp")
+    out = experiment(cfg, seeds=1, arms=["self", "oracle"], command="test")
+    lay = ExperimentLayout.of(cfg.runs_dir, "exp")
+    assert set(out["report"].values()) == {str(lay.report_md), str(lay.report_json), str(lay.plot)}
+    report = json.loads(lay.report_json.read_text())
+    assert report["arms"] == ["self", "oracle"] and report["rounds"] == [0, 1]
+    assert report["per_arm"]["oracle"]["rounds"][1]["precision"]["mean"] == 1.0  # true labels
+    assert report["per_arm"]["oracle"]["rounds"][1]["kept"]["mean"] == cfg.arithmetic.pool_per_round  # one per prompt
+    md = lay.report_md.read_text()
+    assert "## Arm self" in md and "## Arm oracle" in md
+    assert _png_size(lay.plot.read_bytes()) == figure_pixels(report)
+    for arm in ("self", "oracle"):
+        assert (tmp_path / "runs" / f"exp-{arm}-s0" / "round-001" / "metrics.json").is_file()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:  # the report is attached to the flow run
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["exp-experiment", "exp-experiment-plot"]))
+        )
+    by_type = {a.type: a.data for a in found}
+    assert by_type["image"].startswith("data:image/png;base64,") and "## Arm oracle" in by_type["markdown"]
