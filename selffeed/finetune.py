@@ -2,6 +2,9 @@
 
 Examples go through ``datasets`` (an Arrow-backed ``Dataset`` tokenized with ``map``); batches are
 drawn by a seeded generator, so the same data, config, seed and thread count give the same weights.
+Batches are length-bucketed (rows of similar length train together, so little compute goes to
+padding), a step can be split into micro-batches (gradient accumulation), and on a GPU the forward
+runs under bf16/fp16 autocast (benchmarks/training.py measures the speed-ups).
 
 ::
 
@@ -10,9 +13,10 @@ drawn by a seeded generator, so the same data, config, seed and thread count giv
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -88,6 +92,39 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def batch_order(lengths: list[int], cfg: TrainConfig, seed: int) -> Iterator[list[int]]:
+    """Row indices of each step's batch, forever, epoch after epoch; the same for the same seed.
+
+    Each epoch is a seeded shuffle in which every row appears once (the last batch may be short). With
+    ``cfg.bucket_batches`` > 1 the shuffle is cut into chunks of that many batches, each chunk is sorted
+    by length before it is cut into batches, and the epoch's batches are then shuffled: rows in a batch
+    have similar lengths, so little of each step is padding, while batches still mix over the epoch.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n, size = len(lengths), cfg.batch_size
+    chunk = size * max(1, cfg.bucket_batches)
+    while True:
+        order = torch.randperm(n, generator=gen).tolist()
+        batches = []
+        for c in range(0, n, chunk):
+            rows = order[c : c + chunk]
+            if cfg.bucket_batches > 1:
+                rows = sorted(rows, key=lengths.__getitem__)
+            batches.extend(rows[i : i + size] for i in range(0, len(rows), size))
+        if cfg.bucket_batches > 1:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        yield from batches
+
+
+def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype: bf16/fp16 on a GPU (``auto``: bf16 where supported); CPUs train in fp32."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -99,48 +136,67 @@ def train(
 ) -> TrainStats:
     """Train ``model`` in place on ``examples`` (columns ``prompt``, ``completion``).
 
+    A step's batch is cut into ``cfg.grad_accum`` micro-batches, each padded only to its own longest
+    row; the loss is the sum over the step's completion tokens divided by their count, so the update
+    does not depend on the split. Batches and tensors go to the model's device.
     ``progress(fraction)`` is called about every 5% of the steps.
     """
     ds = tokenize_examples(examples, tokenizer)
-    # Pull the tokenized columns out of Arrow once (ds[col] is a lazy column in datasets >= 4);
-    # per-row Arrow indexing in every step costs as much as the step itself.
+    # Pull the tokenized columns out of Arrow once (ds[col] is a lazy column in datasets >= 4) into
+    # one padded tensor each, so a batch is an index and a slice rather than a Python loop.
     columns = ds.to_dict()
-    all_ids, all_labels = columns["input_ids"], columns["labels"]
+    lengths = [len(x) for x in columns["input_ids"]]
+    all_ids, all_labels, _ = collate(columns["input_ids"], columns["labels"], list(range(len(ds))), tokenizer.pad_token_id)
+    row_len = torch.tensor(lengths)
+    device = next(model.parameters()).device
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-    )
+    batches = batch_order(lengths, cfg, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    amp = _amp_dtype(device, cfg.precision)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None  # fp16 gradients underflow unscaled
     model.train()
     losses: list[float] = []
     tokens = 0
-    order = torch.randperm(len(ds), generator=gen).tolist()
-    cursor = 0
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=desc, disable=None if cfg.progress else True, leave=False, mininterval=1.0)
     for step in bar:
-        if cursor + cfg.batch_size > len(order):
-            # Reshuffle each epoch; a batch never spans two epochs so rows are not repeated within it.
-            order = torch.randperm(len(ds), generator=gen).tolist()
-            cursor = 0
-        idx = order[cursor : cursor + cfg.batch_size]
-        cursor += cfg.batch_size
-        ids, labels, mask = collate(all_ids, all_labels, idx, tokenizer.pad_token_id)
+        idx = torch.tensor(next(batches))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        extra = {}
+        shift = None
         if cfg.position_offset:
             # Random per-sequence shifts: the model sees every position index in use, so answers
             # longer than the training data do not land on untrained position embeddings.
-            shift = torch.randint(0, cfg.position_offset + 1, (ids.shape[0], 1), generator=gen)
-            extra["position_ids"] = torch.arange(ids.shape[1]).unsqueeze(0) + shift
-        out = model(input_ids=ids, attention_mask=mask, labels=labels, **extra)
+            shift = torch.randint(0, cfg.position_offset + 1, (len(idx), 1), generator=gen)
+        # Targets are the labels shifted left by one; their count normalizes the whole step's loss.
+        targets = (all_labels[idx, 1:] != IGNORE).sum().to(device)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(out.loss.item())
-        tokens += int(mask.sum())
+        step_loss = torch.zeros((), device=device)
+        for part in torch.arange(len(idx)).tensor_split(min(cfg.grad_accum, len(idx))):
+            rows = idx[part]
+            width = int(row_len[rows].max())
+            ids, labels = all_ids[rows, :width], all_labels[rows, :width]
+            mask = (torch.arange(width).unsqueeze(0) < row_len[rows].unsqueeze(1)).long()
+            extra = {}
+            if shift is not None:
+                extra["position_ids"] = (torch.arange(width).unsqueeze(0) + shift[part]).to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device),
+                             num_items_in_batch=targets, **extra).loss
+            (scaler.scale(loss) if scaler else loss).backward()
+            step_loss += loss.detach()
+            tokens += int(row_len[rows].sum())
+        if scaler:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        losses.append(float(step_loss))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if progress is not None and (step + 1) % max(1, cfg.steps // 20) == 0:
