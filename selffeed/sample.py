@@ -130,9 +130,10 @@ def _decode_batch(
     forward, the sampling and the stop check. Rows that finished are dropped from the batch (and
     the cache) once they are half of it, so long budgets do not keep paying for short answers.
     """
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    dev = model.device
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
     mask = enc["attention_mask"]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     padded = not bool(mask.all())
     # Position ids as generate computes them, so left-padded rows see the positions they would alone.
@@ -149,12 +150,12 @@ def _decode_batch(
     _reserve(cache, max_new_tokens)
     pos = pos[:, -1:]
     n = mask.shape[0]
-    tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long)
-    logprob = torch.zeros(n)
-    length = torch.full((n,), max_new_tokens, dtype=torch.long)
-    stopped = torch.zeros(n, dtype=torch.bool)
-    rows = torch.arange(n)  # the original row of each row still in the batch
-    done = torch.zeros(n, dtype=torch.bool)  # rows still in the batch that already stopped
+    tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=dev)
+    logprob = torch.zeros(n, device=dev)
+    length = torch.full((n,), max_new_tokens, dtype=torch.long, device=dev)
+    stopped = torch.zeros(n, dtype=torch.bool, device=dev)
+    rows = torch.arange(n, device=dev)  # the original row of each row still in the batch
+    done = torch.zeros(n, dtype=torch.bool, device=dev)  # rows still in the batch that already stopped
     for t in range(max_new_tokens):
         logp = torch.log_softmax(_process(logits.float(), cfg), dim=-1)
         if cfg.greedy:
@@ -201,7 +202,7 @@ def _generate_batch_hf(
     seed: int,
 ) -> list[tuple[str, int, float]]:
     """The same through ``model.generate``, for models whose forward takes no KV cache argument."""
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     torch.manual_seed(seed)
     sampling = {}
     if not cfg.greedy:
@@ -226,10 +227,10 @@ def _generate_batch_hf(
     eos = tokenizer.eos_token_id
     is_eos = new == eos
     # Generated length includes the first EOS; everything after it is padding.
-    none = torch.full((new.shape[0],), new.shape[1], dtype=torch.long)
+    none = torch.full((new.shape[0],), new.shape[1], dtype=torch.long, device=new.device)
     first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), none)
     lengths = torch.clamp(first_eos + 1, max=new.shape[1])
-    positions = torch.arange(new.shape[1]).unsqueeze(0)
+    positions = torch.arange(new.shape[1], device=new.device).unsqueeze(0)
     valid = positions < lengths.unsqueeze(1)
     logprobs = torch.where(valid, scores.float(), torch.zeros_like(scores, dtype=torch.float)).sum(1)
     texts = tokenizer.batch_decode(

@@ -34,7 +34,7 @@ from selffeed.labels import audit_truth, ensemble_answers, kept_precision, oracl
 from selffeed.lock import run_lock
 from selffeed.loop import audit_stop, best_round, stop_reason, training_mix
 from selffeed.manifest import Manifest, make_manifest
-from selffeed.model import load_checkpoint, save_checkpoint, tiny_gpt2, char_tokenizer
+from selffeed.model import char_tokenizer, default_device, load_checkpoint, save_checkpoint, tiny_gpt2
 from selffeed.recipes import recipe_for
 from selffeed.recipes.prompts import chars_of
 from selffeed.scorers import score_rows
@@ -86,12 +86,12 @@ def _base_model(cfg: RunConfig, data: Manifest):
     make_tokenizer = recipe_for(cfg).make_tokenizer
     if make_tokenizer is not None:  # e.g. the text recipe's word-level tokens over the prepared corpus
         tokenizer = make_tokenizer(*(pd.read_parquet(data.path(s)) for s in ("seed", "pool", "test")))
-        return tiny_gpt2(cfg.model, tokenizer, seed=cfg.seed), tokenizer
+        return tiny_gpt2(cfg.model, tokenizer, seed=cfg.seed).to(default_device()), tokenizer
     chars = recipe_for(cfg).chars
     if chars is None:  # a recipe without a fixed alphabet: every character of the prepared data
         chars = chars_of(*(pd.read_parquet(data.path(s)) for s in ("seed", "pool", "test")))
     tokenizer = char_tokenizer(chars)
-    return tiny_gpt2(cfg.model, tokenizer, seed=cfg.seed), tokenizer
+    return tiny_gpt2(cfg.model, tokenizer, seed=cfg.seed).to(default_device()), tokenizer
 
 
 def _train_and_save(

@@ -38,7 +38,7 @@ def completion_loss(
     ids_all, labels_all = columns["input_ids"], columns["labels"]
     for start in range(0, len(ds), batch_size):
         idx = list(range(start, min(start + batch_size, len(ds))))
-        ids, labels, mask = collate(ids_all, labels_all, idx, tokenizer.pad_token_id)
+        ids, labels, mask = (t.to(model.device) for t in collate(ids_all, labels_all, idx, tokenizer.pad_token_id))
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         target = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
