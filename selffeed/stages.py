@@ -83,14 +83,13 @@ def prepare(cfg: RunConfig) -> Manifest:
 def _base_model(cfg: RunConfig, data: Manifest):
     if cfg.model.path:
         return load_checkpoint(cfg.model.path)
-    make_tokenizer = recipe_for(cfg).make_tokenizer
-    if make_tokenizer is not None:  # e.g. the text recipe's word-level tokens over the prepared corpus
-        tokenizer = make_tokenizer(*(pd.read_parquet(data.path(s)) for s in ("seed", "pool", "test")))
-        return tiny_gpt2(cfg.model, tokenizer, seed=cfg.seed).to(default_device()), tokenizer
-    chars = recipe_for(cfg).chars
-    if chars is None:  # a recipe without a fixed alphabet: every character of the prepared data
-        chars = chars_of(*(pd.read_parquet(data.path(s)) for s in ("seed", "pool", "test")))
-    tokenizer = char_tokenizer(chars)
+    recipe = recipe_for(cfg)
+    needs_data = recipe.make_tokenizer is not None or recipe.chars is None
+    splits = [pd.read_parquet(data.path(s)) for s in ("seed", "pool", "test")] if needs_data else []
+    if recipe.make_tokenizer is not None:  # e.g. the text recipe's word-level tokens over the prepared corpus
+        tokenizer = recipe.make_tokenizer(*splits)
+    else:  # characters: the recipe's alphabet, or every character of the prepared data
+        tokenizer = char_tokenizer(recipe.chars if recipe.chars is not None else chars_of(*splits))
     return tiny_gpt2(cfg.model, tokenizer, seed=cfg.seed).to(default_device()), tokenizer
 
 
