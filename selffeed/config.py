@@ -37,6 +37,12 @@ class ArithmeticConfig(_Section):
     pool_slices: int = Field(4, ge=1, description="Disjoint pool slices; round r uses slice (r-1) mod this.")
     test_digits: list[int] = Field([2, 3], description="Digit counts of the held-out test problems.")
     test_per_digits: int = Field(300, ge=1, description="Held-out test problems per digit count.")
+    shifted_views: int = Field(
+        0,
+        ge=0,
+        description="Views (filter.views) besides b+a: this many problems (a-d)+(b+d) with the same sum and digit "
+        "count, each in both orders; errors in different digits and carries rarely agree.",
+    )
 
 
 class PromptsConfig(_Section):

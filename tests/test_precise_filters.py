@@ -127,3 +127,21 @@ def test_curriculum_restricts_the_round_pool(tmp_path):
     samples = schema.read(m.path("samples"), schema.SAMPLES)
     assert set(samples["difficulty"]) == {2} and samples["prompt_id"].nunique() == 20
     assert RunLayout.of(cfg.runs_dir, cfg.name).samples(1).exists()
+
+
+def test_sample_stage_samples_shifted_views_under_one_prompt(tmp_path):
+    from selffeed import stages
+    from selffeed.recipes import arithmetic as ar
+
+    cfg = tiny_run_config(tmp_path, **{"filter.views": "true", "arithmetic.shifted_views": 2, "finetune.steps": 20})
+    data = stages.prepare(cfg)
+    model = stages.finetune(cfg, data)
+    samples = schema.read(stages.sample(cfg, 1, model, data).path("samples"), schema.SAMPLES)
+    k, width = cfg.sample.k, cfg.arithmetic.width
+    for _, group in samples.groupby("prompt_id"):
+        original = group.loc[group["sample_idx"] < k, "prompt"].iloc[0]
+        assert set(group["prompt"]) == {original, *ar.views(original, shifts=2)}
+        assert len(group) == k * group["prompt"].nunique() and group["sample_idx"].is_unique
+        # every view is a problem with the same true answer, so a vote across them is a fair one
+        assert {ar.true_completion(p, width) for p in group["prompt"]} == {ar.true_completion(original, width)}
+    assert samples.groupby("prompt_id")["prompt"].nunique().max() == 6

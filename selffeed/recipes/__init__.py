@@ -53,7 +53,7 @@ def recipe_for(cfg: RunConfig) -> Recipe:
             parse_answer=partial(arithmetic.parse_answer, width=a.width),
             true_completion=partial(arithmetic.true_completion, width=a.width),
             max_new_tokens=arithmetic.max_new_tokens(a),
-            views=arithmetic.swapped,
+            views=partial(arithmetic.views, shifts=a.shifted_views),
         )
     if cfg.recipe == "prompts":
         p = cfg.prompts

@@ -51,6 +51,44 @@ def swapped(prompt: str) -> list[str]:
     return [] if left == right else [f"{right}+{left}="]
 
 
+def shifted(prompt: str, index: int) -> str | None:
+    """The problem ``(a - d) + (b + d)`` for ``a + b``: another problem with the same sum and the same
+    digit count, which the model must solve through different digits and carries. ``d`` is drawn from
+    the prompt and ``index``, so a prompt's views never change between runs. None when no such ``d``
+    exists (e.g. ``0+0``).
+
+    >>> shifted('321+540=', 0)
+    '851+010='
+    >>> sum(decode(shifted('321+540=', 0))) == sum(decode('321+540='))
+    True
+    """
+    a, b = decode(prompt)
+    width = len(prompt.split("+")[0])
+    digits = digits_of(a, b)
+    hi = 10**digits - 1
+    rng = random.Random(f"{prompt}|{index}")
+    for _ in range(64):
+        d = rng.randint(-b, a)
+        a2, b2 = a - d, b + d
+        if d != 0 and b2 <= hi and digits_of(a2, b2) == digits:
+            return encode(a2, b2, width)
+    return None
+
+
+def views(prompt: str, shifts: int = 0) -> list[str]:
+    """Equivalent views: ``b+a``, then ``shifts`` shifted problems (see :func:`shifted`) in both orders.
+
+    >>> views('321+540=', shifts=1)
+    ['540+321=', '851+010=', '010+851=']
+    """
+    out = swapped(prompt)
+    for i in range(shifts):
+        s = shifted(prompt, i)
+        if s is not None and s != prompt and s not in out:
+            out += [s] + [v for v in swapped(s) if v != prompt and v not in out]
+    return out
+
+
 def parse_answer(completion: str, width: int) -> str | None:
     """The answer of a completion if it is well-formed (``width + 1`` digits), else None."""
     text = completion.strip()
