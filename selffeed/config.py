@@ -37,11 +37,11 @@ class ArithmeticConfig(_Section):
     pool_slices: int = Field(4, ge=1, description="Disjoint pool slices; round r uses slice (r-1) mod this.")
     test_digits: list[int] = Field([2, 3], description="Digit counts of the held-out test problems.")
     test_per_digits: int = Field(300, ge=1, description="Held-out test problems per digit count.")
-    shifted_views: int = Field(
+    offset_views: int = Field(
         0,
         ge=0,
-        description="Views (filter.views) besides b+a: this many problems (a-d)+(b+d) with the same sum and digit "
-        "count, each in both orders; errors in different digits and carries rarely agree.",
+        description="Views (filter.views) besides b+a: this many problems a'+b with a new first operand of the same "
+        "digit count, each in both orders; their answers are mapped back (minus a'-a) before the vote.",
     )
 
 

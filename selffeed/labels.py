@@ -32,6 +32,22 @@ def with_views(pool: pd.DataFrame, views: Callable[[str], list[str]]) -> pd.Data
     return pd.concat([base, pd.DataFrame(extra, columns=base.columns)], ignore_index=True) if extra else base
 
 
+def in_prompt_frame(
+    samples: pd.DataFrame, k: int, view_answer: Callable[[str, str, str | None], str | None]
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``samples`` with each view's ``answer`` replaced by the answer it implies for its prompt (the
+    view with ``sample_idx < k``), so one vote can pool all views; the raw answer moves to
+    ``view_answer``. Also returns view prompt -> prompt, to map an ensemble's answers the same way."""
+    first = samples.loc[samples["sample_idx"] < k].drop_duplicates("prompt_id").set_index("prompt_id")["prompt"]
+    original = samples["prompt_id"].map(first).fillna(samples["prompt"])
+    mapped = [
+        a if p == o else view_answer(o, p, None if pd.isna(a) else a)
+        for o, p, a in zip(original, samples["prompt"], samples["answer"])
+    ]
+    of = dict(zip(samples["prompt"], original))
+    return samples.assign(view_answer=samples["answer"], answer=mapped), of
+
+
 def ensemble_answers(cfg: RunConfig, prompts: list[str], models: list[Manifest]) -> pd.DataFrame:
     """Greedy answers of each model in ``models`` to ``prompts``: rows (prompt, model_id, answer)."""
     recipe = recipe_for(cfg)

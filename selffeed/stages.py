@@ -30,7 +30,7 @@ from selffeed.curriculum import pool_difficulties, round_pool
 from selffeed.filters import apply_filters, majority_vote
 from selffeed.finetune import train
 from selffeed.layout import RunLayout, point_to, read_json, remove_temporaries, write_json, write_text
-from selffeed.labels import audit_truth, ensemble_answers, kept_precision, oracle_kept, with_views
+from selffeed.labels import audit_truth, ensemble_answers, in_prompt_frame, kept_precision, oracle_kept, with_views
 from selffeed.lock import run_lock
 from selffeed.loop import audit_stop, best_round, stop_reason, training_mix
 from selffeed.manifest import Manifest, make_manifest
@@ -227,16 +227,26 @@ def filter_samples(cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Man
     scorer = recipe_for(cfg).scorer
     if scorer is not None:
         df["score"] = score_rows(scorer, list(df["completion"]), list(df["reference"]), list(df["prompt"]))
+    recipe = recipe_for(cfg)
+    mapped = cfg.filter.views and recipe.view_answer is not None and not cfg.filter.oracle
+    if mapped:  # views with answers of their own: vote in the prompt's frame, keep each view's raw answer
+        df, original = in_prompt_frame(df, 1 if cfg.sample.greedy else cfg.sample.k, recipe.view_answer)
     answers = None
     if ensemble and cfg.filter.vote and not cfg.filter.oracle:
         # Only prompts the vote keeps can be kept, so only they need the ensemble's answers.
         candidates = df[majority_vote(df, cfg.filter.min_agreement)]
         _threads(cfg)
         answers = ensemble_answers(cfg, sorted(candidates["prompt"].unique()), ensemble)
+        if mapped:
+            answers["answer"] = [
+                recipe.view_answer(original.get(p, p), p, a) for p, a in zip(answers["prompt"], answers["answer"])
+            ]
     if cfg.recipe == "text":  # free text: no vote; repetition, duplicate and perplexity filters instead
         kept = apply_text_filters(df, cfg, earlier=_earlier_documents(cfg, r))
     else:
         kept = oracle_kept(cfg, df) if cfg.filter.oracle else apply_filters(df, cfg.filter, ensemble_answers=answers)
+    if mapped:
+        kept = kept.assign(answer=kept.pop("view_answer"))
     path = layout_of(cfg).kept(r)
     n = schema.write(kept, schema.KEPT, path)
     scored = df["score"].dropna() if "score" in df else pd.Series([], dtype=float)

@@ -59,22 +59,26 @@ def test_impossible_request_names_the_field():
         ar.make_splits(cfg, 0)
 
 
-def test_shifted_views_keep_the_sum_and_digit_count_and_never_change():
+def test_offset_views_have_the_digit_count_and_map_back_to_the_answer():
     rng = random.Random(0)
     for _ in range(500):
         digits = rng.randint(1, 4)
         a, b = rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1), rng.randint(0, 10**digits - 1)
         prompt = ar.encode(a, b, 4)
-        out = ar.views(prompt, shifts=2)
-        assert out == ar.views(prompt, shifts=2)  # drawn from the prompt: stable across runs
+        out = ar.views(prompt, offsets=2)
+        assert out == ar.views(prompt, offsets=2)  # drawn from the prompt: stable across runs
         assert prompt not in out and len(out) == len(set(out))
+        truth = ar.true_completion(prompt, 4)
         for view in out:
-            a2, b2 = ar.decode(view)
-            assert a2 + b2 == a + b
-            assert ar.digits_of(a2, b2) == digits
-            assert ar.true_completion(view, 4) == ar.true_completion(prompt, 4)
-    assert ar.views("000+000=", shifts=3) == []  # 0+0 has no other view
-    assert ar.views("12+34=") == ["34+12="]  # shifts=0: the swap only
+            assert ar.digits_of(*ar.decode(view)) == digits
+            # the right answer to a view implies the right answer to the prompt, a wrong one a wrong one
+            right = ar.true_completion(view, 4)
+            assert ar.view_answer(prompt, view, right, 4) == truth
+            wrong = ar.answer_text((int(right[::-1]) + 10) % 10**5, 4)
+            assert ar.view_answer(prompt, view, wrong, 4) != truth
+        assert ar.view_answer(prompt, out[0], None, 4) is None
+    assert ar.views("12+34=") == ["34+12="]  # offsets=0: the swap only
+    assert ar.view_answer("000+000=", "900+000=", "0000", 3) is None  # implies a negative sum
 
 
 def test_doctests():

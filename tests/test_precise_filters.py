@@ -129,19 +129,31 @@ def test_curriculum_restricts_the_round_pool(tmp_path):
     assert RunLayout.of(cfg.runs_dir, cfg.name).samples(1).exists()
 
 
-def test_sample_stage_samples_shifted_views_under_one_prompt(tmp_path):
+def test_offset_views_vote_in_the_prompts_frame_and_keep_each_views_own_answer(tmp_path):
     from selffeed import stages
+    from selffeed.manifest import make_manifest
     from selffeed.recipes import arithmetic as ar
 
-    cfg = tiny_run_config(tmp_path, **{"filter.views": "true", "arithmetic.shifted_views": 2, "finetune.steps": 20})
+    cfg = tiny_run_config(tmp_path, **{"filter.views": "true", "arithmetic.offset_views": 2, "finetune.steps": 20})
     data = stages.prepare(cfg)
     model = stages.finetune(cfg, data)
     samples = schema.read(stages.sample(cfg, 1, model, data).path("samples"), schema.SAMPLES)
     k, width = cfg.sample.k, cfg.arithmetic.width
-    for _, group in samples.groupby("prompt_id"):
-        original = group.loc[group["sample_idx"] < k, "prompt"].iloc[0]
-        assert set(group["prompt"]) == {original, *ar.views(original, shifts=2)}
+    originals = samples[samples["sample_idx"] < k].drop_duplicates("prompt_id").set_index("prompt_id")["prompt"]
+    for pid, group in samples.groupby("prompt_id"):
+        assert set(group["prompt"]) == {originals[pid], *ar.views(originals[pid], offsets=2)}
         assert len(group) == k * group["prompt"].nunique() and group["sample_idx"].is_unique
-        # every view is a problem with the same true answer, so a vote across them is a fair one
-        assert {ar.true_completion(p, width) for p in group["prompt"]} == {ar.true_completion(original, width)}
     assert samples.groupby("prompt_id")["prompt"].nunique().max() == 6
+    # Hand-made answers: prompts with an even id answer every view right; odd ids give every view
+    # the prompt's own answer, which is wrong for the a'+b views; a label-free vote must tell them apart.
+    right = [ar.true_completion(p, width) for p in samples["prompt"]]
+    parrot = [ar.true_completion(originals[i], width) for i in samples["prompt_id"]]
+    samples["answer"] = [r if i % 2 == 0 else q for i, r, q in zip(samples["prompt_id"], right, parrot)]
+    samples.loc[(samples["prompt_id"] % 2 == 0) & (samples["sample_idx"] % k == 0), "answer"] = None  # malformed
+    samples["completion"] = samples["answer"].fillna("?")
+    path = tmp_path / "hand-made.parquet"
+    schema.write(samples, schema.SAMPLES, path)
+    kept = schema.read(stages.filter_samples(cfg, 1, make_manifest("sample", {"samples": path}, round_=1)).path("kept"), schema.KEPT)
+    assert set(kept["prompt_id"]) == {i for i in samples["prompt_id"].unique() if i % 2 == 0}
+    assert (kept["answer"] == [ar.true_completion(p, width) for p in kept["prompt"]]).all()  # each view's own
+    assert kept.groupby("prompt_id")["prompt"].nunique().max() == 6

@@ -32,7 +32,9 @@ class Recipe:
     scorer: str | None = None
     """Scorer spec (see :mod:`selffeed.scorers`) for validation and score filters; None: exact match."""
     views: Callable[[str], list[str]] | None = None
-    """Prompt -> equivalent re-phrasings with the same answer (filter.views); None when the recipe has none."""
+    """Prompt -> views whose answers are tied to its answer (filter.views); None when the recipe has none."""
+    view_answer: Callable[[str, str, str | None], str | None] | None = None
+    """(prompt, view, the view's answer) -> the answer it implies for the prompt; None: views share the answer."""
     make_tokenizer: Callable[..., PreTrainedTokenizerBase] | None = None
     """Prepared frames -> the tiny default model's tokenizer; None: characters (see ``chars``)."""
     wellformed: Callable[[str], bool] | None = None
@@ -53,7 +55,8 @@ def recipe_for(cfg: RunConfig) -> Recipe:
             parse_answer=partial(arithmetic.parse_answer, width=a.width),
             true_completion=partial(arithmetic.true_completion, width=a.width),
             max_new_tokens=arithmetic.max_new_tokens(a),
-            views=partial(arithmetic.views, shifts=a.shifted_views),
+            views=partial(arithmetic.views, offsets=a.offset_views),
+            view_answer=partial(arithmetic.view_answer, width=a.width),
         )
     if cfg.recipe == "prompts":
         p = cfg.prompts

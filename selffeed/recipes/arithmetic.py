@@ -51,42 +51,54 @@ def swapped(prompt: str) -> list[str]:
     return [] if left == right else [f"{right}+{left}="]
 
 
-def shifted(prompt: str, index: int) -> str | None:
-    """The problem ``(a - d) + (b + d)`` for ``a + b``: another problem with the same sum and the same
-    digit count, which the model must solve through different digits and carries. ``d`` is drawn from
-    the prompt and ``index``, so a prompt's views never change between runs. None when no such ``d``
-    exists (e.g. ``0+0``).
+def offset(prompt: str, index: int) -> str | None:
+    """The problem ``a' + b`` for ``a + b``: a new first operand with the same digit count, drawn from
+    the prompt and ``index`` (so a prompt's views never change between runs); its sum differs from
+    ``a + b`` by the known ``a' - a`` (see :func:`view_answer`). None when no other ``a'`` exists.
 
-    >>> shifted('321+540=', 0)
-    '851+010='
-    >>> sum(decode(shifted('321+540=', 0))) == sum(decode('321+540='))
-    True
+    >>> offset('321+540=', 0)
+    '372+540='
     """
     a, b = decode(prompt)
     width = len(prompt.split("+")[0])
     digits = digits_of(a, b)
-    hi = 10**digits - 1
     rng = random.Random(f"{prompt}|{index}")
     for _ in range(64):
-        d = rng.randint(-b, a)
-        a2, b2 = a - d, b + d
-        if d != 0 and b2 <= hi and digits_of(a2, b2) == digits:
-            return encode(a2, b2, width)
+        a2 = rng.randint(0, 10**digits - 1)
+        if a2 != a and digits_of(a2, b) == digits:
+            return encode(a2, b, width)
     return None
 
 
-def views(prompt: str, shifts: int = 0) -> list[str]:
-    """Equivalent views: ``b+a``, then ``shifts`` shifted problems (see :func:`shifted`) in both orders.
+def views(prompt: str, offsets: int = 0) -> list[str]:
+    """Views of ``a+b`` whose answers are tied to its answer: ``b+a``, then ``offsets`` problems
+    ``a'+b`` (see :func:`offset`), each in both orders. A model's systematic errors (a digit it
+    favours, a carry it drops) land on different digits of different sums, so they rarely agree
+    once mapped back by :func:`view_answer`, while right answers always do.
 
-    >>> views('321+540=', shifts=1)
-    ['540+321=', '851+010=', '010+851=']
+    >>> views('321+540=', offsets=1)
+    ['540+321=', '372+540=', '540+372=']
     """
     out = swapped(prompt)
-    for i in range(shifts):
-        s = shifted(prompt, i)
-        if s is not None and s != prompt and s not in out:
-            out += [s] + [v for v in swapped(s) if v != prompt and v not in out]
+    for i in range(offsets):
+        o = offset(prompt, i)
+        if o is not None and o not in out:
+            out += [o] + [v for v in swapped(o) if v != prompt and v not in out]
     return out
+
+
+def view_answer(original: str, view: str, answer: str | None, width: int) -> str | None:
+    """The answer to ``original`` that ``answer`` to ``view`` implies: the view's sum minus how far its
+    operands are from the original's. None when malformed or out of range.
+
+    >>> view_answer('321+540=', '372+540=', answer_text(273 + 45, 3), 3) == answer_text(123 + 45, 3)
+    True
+    """
+    if answer is None:
+        return None
+    (a, b), (a2, b2) = decode(original), decode(view)
+    total = int(answer[::-1]) - ((a2 + b2) - (a + b))
+    return answer_text(total, width) if 0 <= total < 10 ** (width + 1) else None
 
 
 def parse_answer(completion: str, width: int) -> str | None:
