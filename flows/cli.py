@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -182,9 +183,17 @@ def _reexec_with_tcmalloc() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit``, so that ``finally`` blocks and exit hooks run as on Ctrl-C: the run
+    lock is released and Prefect stops the temporary API server it started, which a bare SIGTERM (e.g.
+    ``kill``, a job scheduler's timeout) would leave running."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console command, not a call from Python
         _reexec_with_tcmalloc()
+        _exit_on_sigterm()
     from selffeed.lock import RunLocked
     from selffeed.model import ModelLoadError
     from selffeed.schema import SchemaError
