@@ -10,6 +10,9 @@ tokens per second of:
   plain, padded     the same plain loop over shuffled, unbucketed batches padded to their longest
                     row: what one writes with a DataLoader and a padding collator
   selffeed, 1 bucket  selffeed.finetune.train with bucket_batches=1 (no bucketing), for reference
+  compiled, cold    with --compile: the plain loop over the same batches on torch.compile(model,
+                    dynamic=True), compilation included
+  compiled, warm    the same loop run again once every shape has compiled: the most compile can give
 
 Each engine trains a fresh copy of the same model for --steps steps after a short warm-up. Ratios
 are selffeed's rate over each engine's, from the same run; on a shared machine rerun and compare
@@ -17,6 +20,7 @@ ratios rather than absolute figures.
 
     python benchmarks/training.py                  # both models, 60 steps of 64 rows (~3 min on 2 cores)
     python benchmarks/training.py --quick          # 10 steps: checks the script
+    python benchmarks/training.py --compile        # also torch.compile (does it win here?)
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also measure the plain loop under torch.compile")
     args = p.parse_args()
     if args.quick:
         args.steps, args.rows = 10, 512
@@ -122,6 +127,10 @@ def main() -> None:
         stats = train(fresh(name, tok), tok, df, flat, seed=0)
         rows["selffeed, 1 bucket"] = (stats.tokens, stats.seconds, pad(shuffled))
         rows["selffeed"] = (*rows["selffeed"][:2], pad(same))
+        if args.compile:
+            compiled = torch.compile(fresh(name, tok), dynamic=True)
+            rows["compiled, cold"] = (*plain_loop(compiled, same, cfg), pad(same))
+            rows["compiled, warm"] = (*plain_loop(compiled, same, cfg), pad(same))
         ours = rows["selffeed"][0] / rows["selffeed"][1]
         for engine, (n, s, padding) in rows.items():
             print(f"{name:6} {engine:18} {n:8d} {s:8.2f} {n / s:8.0f} {padding:8.1%} {ours / (n / s):10.2f}")
