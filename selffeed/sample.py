@@ -77,7 +77,7 @@ def _decode_attention(model: PreTrainedModel) -> Iterator[None]:
     """Run one-token decode steps on CPU with transformers' eager attention (matmul, softmax, matmul).
     For a single query torch's SDPA kernels cost more than the attention itself: the flash kernel
     tiles for long queries, and the math kernel scales every cached key each step. On a small model's
-    64-token decode eager ran at 1.25x the flash kernel's tokens/s (the math kernel 1.15x). The
+    64-token decode eager ran at 1.14-1.20x the flash kernel's tokens/s (the math kernel 1.11-1.13x). The
     prompt's forward keeps SDPA, and so do GPUs and models set to another implementation."""
     config = model.config
     if model.device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
