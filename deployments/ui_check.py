@@ -68,8 +68,13 @@ def submit_custom_run(base: str, config: dict, run_name: str, shots: Path, chrom
         page.keyboard.insert_text(json.dumps(config, indent=1))  # insert_text: no auto-closed brackets
         page.screenshot(path=str(shots / "ui-form.png"))
         page.get_by_role("button", name="Submit", exact=True).click()
-        page.wait_for_url("**/deployments/deployment/**tab=Runs**", timeout=60_000)
-        page.get_by_role("link", name=run_name).first.wait_for(timeout=60_000)
+        try:
+            # A busy 2-core machine (the worker running another flow) once took over 60 s here.
+            page.wait_for_url("**/deployments/deployment/**tab=Runs**", timeout=180_000)
+            page.get_by_role("link", name=run_name).first.wait_for(timeout=120_000)
+        except Exception:
+            page.screenshot(path=str(shots / "ui-after-submit.png"))  # what the page showed instead
+            raise
         page.screenshot(path=str(shots / "ui-submitted.png"))
         browser.close()
 
