@@ -69,7 +69,7 @@ def submit_custom_run(base: str, config: dict, run_name: str, shots: Path, chrom
         page.screenshot(path=str(shots / "ui-form.png"))
         page.get_by_role("button", name="Submit", exact=True).click()
         try:
-            # A busy 2-core machine (the worker running another flow) once took over 60 s here.
+            # During one full CI run on 2 cores this took over 60 s; alone it takes a few seconds.
             page.wait_for_url("**/deployments/deployment/**tab=Runs**", timeout=180_000)
             page.get_by_role("link", name=run_name).first.wait_for(timeout=120_000)
         except Exception:
