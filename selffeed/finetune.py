@@ -125,6 +125,36 @@ def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def position_shifts(cfg: TrainConfig, n: int, gen: torch.Generator) -> torch.Tensor | None:
+    """Random per-sequence position shifts (0..``cfg.position_offset``) for a batch of ``n`` rows, or None
+    when off: the model sees every position index in use, so answers longer than the training data do
+    not land on untrained position embeddings."""
+    if not cfg.position_offset:
+        return None
+    return torch.randint(0, cfg.position_offset + 1, (n, 1), generator=gen)
+
+
+def model_inputs(
+    all_ids: torch.Tensor,
+    all_labels: torch.Tensor,
+    row_len: torch.Tensor,
+    rows: torch.Tensor,
+    shift: torch.Tensor | None,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The forward's inputs for ``rows`` of the padded tensors, trimmed to the longest of them, on
+    ``device``; ``shift`` (those rows' position shifts, or None) offsets their position ids."""
+    width = int(row_len[rows].max())
+    inputs = {
+        "input_ids": all_ids[rows, :width].to(device),
+        "attention_mask": (torch.arange(width).unsqueeze(0) < row_len[rows].unsqueeze(1)).long().to(device),
+        "labels": all_labels[rows, :width].to(device),
+    }
+    if shift is not None:
+        inputs["position_ids"] = (torch.arange(width).unsqueeze(0) + shift).to(device)
+    return inputs
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -165,26 +195,16 @@ def train(
         idx = torch.tensor(next(batches))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        shift = None
-        if cfg.position_offset:
-            # Random per-sequence shifts: the model sees every position index in use, so answers
-            # longer than the training data do not land on untrained position embeddings.
-            shift = torch.randint(0, cfg.position_offset + 1, (len(idx), 1), generator=gen)
+        shift = position_shifts(cfg, len(idx), gen)
         # Targets are the labels shifted left by one; their count normalizes the whole step's loss.
         targets = (all_labels[idx, 1:] != IGNORE).sum().to(device)
         opt.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=device)
         for part in torch.arange(len(idx)).tensor_split(min(cfg.grad_accum, len(idx))):
             rows = idx[part]
-            width = int(row_len[rows].max())
-            ids, labels = all_ids[rows, :width], all_labels[rows, :width]
-            mask = (torch.arange(width).unsqueeze(0) < row_len[rows].unsqueeze(1)).long()
-            extra = {}
-            if shift is not None:
-                extra["position_ids"] = (torch.arange(width).unsqueeze(0) + shift[part]).to(device)
+            inputs = model_inputs(all_ids, all_labels, row_len, rows, None if shift is None else shift[part], device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device),
-                             num_items_in_batch=targets, **extra).loss
+                loss = model(**inputs, num_items_in_batch=targets).loss
             (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.detach()
             tokens += int(row_len[rows].sum())

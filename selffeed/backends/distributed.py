@@ -90,24 +90,18 @@ def train(
         idx = torch.tensor(next(batches))
         for group in opt.param_groups:
             group["lr"] = finetune.lr_at(step, cfg)
-        shift = None
-        if cfg.position_offset:
-            shift = torch.randint(0, cfg.position_offset + 1, (len(idx), 1), generator=gen)
+        shift = finetune.position_shifts(cfg, len(idx), gen)
         # As in the trainer, the step's loss is its summed token losses over the whole batch's target
         # count; DDP averages gradients over ranks, hence the factor ``world``.
         targets = (all_labels[idx, 1:] != finetune.IGNORE).sum().to(acc.device)
         mine = torch.arange(len(idx))[rank::world]
         rows = idx[mine]
-        width = int(row_len[rows].max())
-        ids, labels = all_ids[rows, :width], all_labels[rows, :width]
-        mask = (torch.arange(width).unsqueeze(0) < row_len[rows].unsqueeze(1)).long()
-        extra = {}
-        if shift is not None:
-            extra["position_ids"] = (torch.arange(width).unsqueeze(0) + shift[mine]).to(acc.device)
+        inputs = finetune.model_inputs(
+            all_ids, all_labels, row_len, rows, None if shift is None else shift[mine], acc.device
+        )
         opt.zero_grad(set_to_none=True)
         with torch.autocast(acc.device.type, dtype=amp, enabled=amp is not None):
-            loss = wrapped(input_ids=ids.to(acc.device), attention_mask=mask.to(acc.device),
-                           labels=labels.to(acc.device), num_items_in_batch=targets, **extra).loss
+            loss = wrapped(**inputs, num_items_in_batch=targets).loss
         acc.backward(loss * world)
         acc.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
