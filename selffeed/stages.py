@@ -224,10 +224,9 @@ def filter_samples(cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Man
     the oracle control arm)."""
     t0 = time.perf_counter()
     df = schema.read(samples.path("samples"), schema.SAMPLES)
-    scorer = recipe_for(cfg).scorer
-    if scorer is not None:
-        df["score"] = score_rows(scorer, list(df["completion"]), list(df["reference"]), list(df["prompt"]))
     recipe = recipe_for(cfg)
+    if recipe.scorer is not None:
+        df["score"] = score_rows(recipe.scorer, list(df["completion"]), list(df["reference"]), list(df["prompt"]))
     mapped = cfg.filter.views and recipe.view_answer is not None and not cfg.filter.oracle
     if mapped:  # views with answers of their own: vote in the prompt's frame, keep each view's raw answer
         df, original = in_prompt_frame(df, 1 if cfg.sample.greedy else cfg.sample.k, recipe.view_answer)
