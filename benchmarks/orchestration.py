@@ -51,7 +51,8 @@ def main() -> None:
 
     from flows.cli import quiet_libraries
     from flows.self_improve import self_improve
-    from selffeed.stages import layout_of, read_history
+    from selffeed.runs import read_history
+    from selffeed.stages import layout_of
 
     quiet_libraries()
 

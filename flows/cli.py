@@ -80,7 +80,8 @@ def quiet_libraries() -> None:
 
 def _run_flow(cfg: RunConfig) -> list[dict]:
     from flows.self_improve import self_improve
-    from selffeed.stages import layout_of, read_history
+    from selffeed.runs import read_history
+    from selffeed.stages import layout_of
 
     t0 = time.perf_counter()
     record = self_improve(cfg)

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from flows.gpu_stages import run_stage
 from selffeed.config import RunConfig
-from selffeed.stages import continued_config, next_difficulties, open_run
+from selffeed.runs import continued_config, next_difficulties, open_run
 from tasks.stages import for_run
 
 

@@ -13,7 +13,6 @@ runs under bf16/fp16 autocast (benchmarks/training.py measures the speed-ups).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -24,22 +23,21 @@ import torch
 from selffeed import schema
 from selffeed.backends.lora import merge_lora, with_lora
 from selffeed.backends.vllm_sampler import generate_batches as vllm_generate_batches, load_vllm
-from selffeed.config import ConfigError, RunConfig, dump_config, load_config
+from selffeed.config import RunConfig
 from selffeed.audit import audit
-from selffeed.curriculum import pool_difficulties, round_pool
+from selffeed.curriculum import round_pool
 from selffeed.filters import apply_filters, majority_vote
 from selffeed.finetune import train
-from selffeed.layout import RunLayout, point_to, read_json, remove_temporaries, write_json, write_text
+from selffeed.layout import RunLayout, write_json
 from selffeed.labels import audit_truth, ensemble_answers, in_prompt_frame, kept_precision, oracle_kept, with_views
-from selffeed.lock import run_lock
-from selffeed.loop import audit_stop, best_round, stop_reason, training_mix
+from selffeed.loop import training_mix
 from selffeed.manifest import Manifest, make_manifest
 from selffeed.model import char_tokenizer, default_device, load_checkpoint, save_checkpoint, tiny_gpt2
 from selffeed.recipes import recipe_for
 from selffeed.recipes.prompts import chars_of
 from selffeed.scorers import score_rows
 from selffeed.keys import stage_key
-from selffeed.sample import generate_batches, plan_batches, sample_completions, samples_frame
+from selffeed.sample import generate_batches, plan_batches, samples_frame
 from selffeed.text_filters import apply_text_filters, documents
 from selffeed.text_metrics import evaluate_text
 from selffeed.validate import evaluate, evaluate_scored
@@ -329,70 +327,3 @@ def validate(
     stages_done = [data, *(upstream or []), model, done]
     write_json(lay.round_manifest(r), {"round": r, "stages": {m.stage: m.model_dump(mode="json") for m in stages_done}})
     return done
-
-
-def next_difficulties(cfg: RunConfig, data: Manifest, history: list[dict[str, Any]]) -> list[int] | None:
-    """The curriculum's pool difficulties for the round after ``history``; None samples every one."""
-    if cfg.curriculum.mode == "fixed":
-        return None
-    pool = schema.read(data.path("pool"), schema.POOL)
-    return pool_difficulties(history, cfg.curriculum, sorted(int(d) for d in pool["difficulty"].unique()))
-
-
-def decide(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Record best round and stop reason in ``run.json``; returns that record."""
-    reason = audit_stop(history, cfg.audit.min_precision) or stop_reason(history, cfg.loop)
-    lay = layout_of(cfg)
-    best = best_round(history, cfg.loop)
-    record = {
-        "name": cfg.name,
-        "rounds": [m["round"] for m in history],
-        "best_round": best,
-        "metric": cfg.loop.metric,
-        "stopped": reason is not None,
-        "stop_reason": reason,
-        "best_model": str(lay.model(best)),
-        "export": str(lay.best),
-    }
-    point_to(lay.best, lay.model(best))
-    write_json(lay.run_json, record)
-    return record
-
-
-def read_history(lay: RunLayout) -> list[dict[str, Any]]:
-    """Metrics of every committed round of a run, ascending, with stage times under ``seconds``."""
-    history = []
-    for r in lay.rounds():
-        if not lay.round_manifest(r).exists():
-            continue
-        stages_done = read_json(lay.round_manifest(r))["stages"]
-        metrics = read_json(lay.metrics(r))
-        metrics["seconds"] = {name: m["meta"].get("seconds") for name, m in stages_done.items()}
-        history.append(metrics)
-    return history
-
-
-def continued_config(runs_dir: str, name: str, rounds: int) -> RunConfig:
-    """The stored config of run ``name``, extended to run exactly ``rounds`` rounds past its last
-    committed one (stop rules other than max_rounds are relaxed so the rounds do happen)."""
-    lay = RunLayout.of(runs_dir, name)
-    if not lay.config.exists():
-        raise FileNotFoundError(f"{lay.root}: no such run (no config.yaml); start it with selffeed run first")
-    cfg = load_config(lay.config, [f"runs_dir={runs_dir}"])
-    committed = [r for r in lay.rounds() if lay.round_manifest(r).exists()]
-    last = max(committed, default=0)
-    cfg.loop.max_rounds = last + rounds
-    cfg.loop.patience = last + rounds + 1
-    cfg.loop.loss_threshold = None
-    return cfg
-
-
-@contextmanager
-def open_run(cfg: RunConfig, owner: str) -> Iterator[RunLayout]:
-    """Hold the run's writer lock; on entry, remove temporaries a killed writer left and record the
-    config of this invocation in ``config.yaml``."""
-    lay = layout_of(cfg)
-    with run_lock(lay.lock, owner):
-        remove_temporaries(lay.root)
-        write_text(lay.config, dump_config(cfg))
-        yield lay

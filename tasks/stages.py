@@ -24,7 +24,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL
 
-from selffeed import stages
+from selffeed import runs, stages
 from selffeed.config import RunConfig
 from selffeed.manifest import Manifest
 from selffeed.report import artifact_key, round_markdown
@@ -86,7 +86,7 @@ def validate(
 @task(name="decide", task_run_name="decide-r{r}", cache_policy=NO_CACHE)
 def decide(cfg: RunConfig, r: int, history: list[dict[str, Any]]) -> dict[str, Any]:
     """Pick the best round and whether to stop; publish the round's metrics and report."""
-    record = stages.decide(cfg, history)
+    record = runs.decide(cfg, history)
     key = artifact_key(cfg.name)
     create_table_artifact(
         key=f"{key}-metrics",

@@ -103,7 +103,7 @@ def test_gold_set_joins_the_pool_unlabelled_and_audits_kept_answers(tmp_path):
 
 
 def test_decide_exports_the_best_round_and_stops_on_a_bad_audit(tmp_path):
-    from selffeed import stages
+    from selffeed import runs
     from selffeed.config import load_config
     from selffeed.layout import RunLayout, read_json
 
@@ -116,10 +116,10 @@ def test_decide_exports_the_best_round_and_stops_on_a_bad_audit(tmp_path):
         {"round": 0, "accuracy_hardest": 0.5, "loss": 1.0},
         {"round": 1, "accuracy_hardest": 0.8, "loss": 0.9, "audit_precision": 0.97},
     ]
-    record = stages.decide(cfg, history)
+    record = runs.decide(cfg, history)
     assert not record["stopped"] and (lay.best / "config.json").read_text() == "1"
     history.append({"round": 2, "accuracy_hardest": 0.7, "loss": 0.9, "audit_precision": 0.6})
-    record = stages.decide(cfg, history)
+    record = runs.decide(cfg, history)
     assert record["stopped"] and "audit.min_precision" in record["stop_reason"]
     assert record["best_round"] == 1 and (lay.best / "config.json").read_text() == "1"  # rolled back to round 1
     assert lay.best.is_symlink() and read_json(lay.run_json)["export"] == str(lay.best)

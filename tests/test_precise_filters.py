@@ -111,7 +111,7 @@ def test_sample_with_views_and_ensemble_filter(tmp_path):
 
 @pytest.mark.slow
 def test_curriculum_restricts_the_round_pool(tmp_path):
-    from selffeed import stages
+    from selffeed import runs, stages
 
     cfg = tiny_run_config(
         tmp_path, **{"arithmetic.pool_digits": "[1, 2]", "arithmetic.pool_per_round": 20, "arithmetic.test_digits": "[1, 2]",
@@ -121,7 +121,7 @@ def test_curriculum_restricts_the_round_pool(tmp_path):
     pool = schema.read(data.path("pool"), schema.POOL)
     assert pool.groupby("difficulty").size().to_dict() == {1: 40, 2: 40}  # per_round x slices each
     history = [{"accuracy_by_difficulty": {"1": 1.0, "2": 0.4}}]
-    assert stages.next_difficulties(cfg, data, history) == [2]
+    assert runs.next_difficulties(cfg, data, history) == [2]
     model = stages.finetune(cfg, data)
     m = stages.sample(cfg, 1, model, data, [2])
     samples = schema.read(m.path("samples"), schema.SAMPLES)

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from selffeed import schema, stages
+from selffeed import runs, schema, stages
 from selffeed.config import load_config
 from selffeed.examples import write_examples
 from selffeed.layout import RunLayout, read_json
@@ -52,7 +52,7 @@ def final_ref(hyp: str, ref: str) -> float:
 def one_round(tmp_path, name: str, *extra: str):
     data = write_examples(tmp_path / "data")
     cfg = load_config(CONFIGS / f"{name}.yaml", [f"runs_dir={tmp_path / 'runs'}", f"prompts.data={data[name]}", *TINY, *extra])
-    with stages.open_run(cfg, owner="test"):
+    with runs.open_run(cfg, owner="test"):
         prepared = stages.prepare(cfg)
         model0 = stages.finetune(cfg, prepared)
         history = [stages.validate(cfg, 0, model0, prepared).meta["metrics"]]
@@ -60,7 +60,7 @@ def one_round(tmp_path, name: str, *extra: str):
         kept = stages.filter_samples(cfg, 1, drawn)
         model1 = stages.retrain(cfg, 1, model0, prepared, [kept])
         history.append(stages.validate(cfg, 1, model1, prepared, [drawn, kept]).meta["metrics"])
-        record = stages.decide(cfg, history)
+        record = runs.decide(cfg, history)
     return cfg, RunLayout.of(cfg.runs_dir, cfg.name), record
 
 
@@ -93,7 +93,7 @@ def check_metrics(lay: RunLayout, record: dict, name: str, upper: float) -> None
         assert "accuracy" not in m
     assert record["metric"] == name and record["best_round"] in (0, 1)
     # The CLI's table and `selffeed status` show the scored metric.
-    table = round_table(stages.read_history(lay))
+    table = round_table(runs.read_history(lay))
     assert table.splitlines()[0].split()[:6] == ["round", "train", "kept", "kept_score", name, "loss"]
     assert f"{name} {read_json(lay.metrics(1))[name]:.3f}" in format_status(run_status(lay.root))
     assert read_json(lay.metrics(1))["kept"] == len(schema.read(lay.kept(1), schema.KEPT))

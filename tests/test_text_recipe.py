@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset, load_dataset
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from selffeed import stages
+from selffeed import runs, stages
 from selffeed.checks import preflight
 from selffeed.config import ConfigError, load_config
 from selffeed.model import ModelLoadError, load_checkpoint
@@ -140,7 +140,7 @@ def test_one_round_end_to_end(tmp_path, family):
     kept = stages.filter_samples(cfg, 1, samples)
     m1 = stages.retrain(cfg, 1, m0, data, [kept])
     history.append(stages.validate(cfg, 1, m1, data, [samples, kept]).meta["metrics"])
-    record = stages.decide(cfg, history)
+    record = runs.decide(cfg, history)
 
     assert samples.rows == 4 * 2 and 0 < kept.rows <= samples.rows
     got = load_dataset("parquet", data_files=str(stages.layout_of(cfg).round_dir(1) / "kept.parquet"))["train"]
