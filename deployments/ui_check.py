@@ -66,14 +66,25 @@ def submit_custom_run(base: str, config: dict, run_name: str, shots: Path, chrom
         page.keyboard.press("Control+a")
         page.keyboard.press("Delete")
         page.keyboard.insert_text(json.dumps(config, indent=1))  # insert_text: no auto-closed brackets
+        # Leave the editor before submitting, so the form holds the JSON just typed.
+        page.get_by_label("Run Name", exact=True).click()
         page.screenshot(path=str(shots / "ui-form.png"))
-        page.get_by_role("button", name="Submit", exact=True).click()
+        submit = page.get_by_role("button", name="Submit", exact=True)
         try:
-            # During one full CI run on 2 cores this took over 60 s; alone it takes a few seconds.
-            page.wait_for_url("**/deployments/deployment/**tab=Runs**", timeout=180_000)
+            # Twice in full CI runs on 2 cores the page stayed on the form after one click (alone it
+            # returns in seconds), so a form still showing after 45 s with no run created is submitted again.
+            for attempt in range(2):
+                submit.click()
+                try:
+                    page.wait_for_url("**/deployments/deployment/**tab=Runs**", timeout=45_000 if attempt == 0 else 180_000)
+                    break
+                except Exception:
+                    page.screenshot(path=str(shots / f"ui-after-submit-{attempt}.png"), full_page=True)
+                    if attempt or _api(base, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_name]}}}):
+                        raise
             page.get_by_role("link", name=run_name).first.wait_for(timeout=120_000)
         except Exception:
-            page.screenshot(path=str(shots / "ui-after-submit.png"))  # what the page showed instead
+            page.screenshot(path=str(shots / "ui-after-submit.png"), full_page=True)  # what the page showed
             raise
         page.screenshot(path=str(shots / "ui-submitted.png"))
         browser.close()

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from selffeed.config import ConfigError, FilterConfig, RunConfig
-from selffeed.layout import ExperimentLayout, write_json, write_text
+from selffeed.layout import ExperimentLayout, RunLayout, write_json, write_text
 from selffeed.recipes import recipe_for
+from selffeed.runs import read_history
 
 ARMS = ("self", "seed_only", "unfiltered", "oracle")
 
@@ -152,14 +153,13 @@ def summarize(histories: dict[str, dict[int, list[dict[str, Any]]]], name: str =
 
 def summarize_runs(cfg: RunConfig, arms: Sequence[str], seeds: int) -> dict[str, Any]:
     """:func:`summarize` over the arms' run directories of the experiment ``cfg`` describes."""
-    from selffeed.stages import layout_of, read_history  # stages imports torch: only when runs are read
-
     histories: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in arms}
     for arm, s, arm_cfg in arm_configs(cfg, arms, seeds):
         # Rounds past max_rounds are left over from an earlier, longer experiment of the same name.
-        h = [m for m in read_history(layout_of(arm_cfg)) if m["round"] <= cfg.loop.max_rounds]
+        lay = RunLayout.of(arm_cfg.runs_dir, arm_cfg.name)
+        h = [m for m in read_history(lay) if m["round"] <= cfg.loop.max_rounds]
         if not h:
-            raise FileNotFoundError(f"{layout_of(arm_cfg).root}: no committed rounds (run the experiment first)")
+            raise FileNotFoundError(f"{lay.root}: no committed rounds (run the experiment first)")
         histories[arm][s] = h
     return summarize(histories, cfg.name)
 

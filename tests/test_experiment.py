@@ -36,6 +36,12 @@ def test_arms_share_rounds_and_steps_and_differ_only_in_data():
     assert cfg.name == "arith-demo" and cfg.loop.patience == 1  # the input is not changed
 
 
+def test_summarizing_an_experiment_that_never_ran_names_the_missing_run(tmp_path):
+    cfg = load_config(CONFIG, [f"runs_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match=r"arith-demo-self-s0: no committed rounds"):
+        ex.summarize_runs(cfg, ["self"], seeds=1)
+
+
 def test_bad_arms_and_an_oracle_without_truth_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="--arms 'self,nope'"):
         ex.parse_arms("self,nope")
