@@ -43,6 +43,10 @@ def _api(base: str, path: str, body: dict | None = None, tries: int = 6):
         time.sleep(1 + attempt)
 
 
+def _runs_named(base: str, run_name: str) -> list[dict]:
+    return _api(base, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_name]}}})
+
+
 def submit_custom_run(base: str, config: dict, run_name: str, shots: Path, chromium: str) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -79,9 +83,9 @@ def submit_custom_run(base: str, config: dict, run_name: str, shots: Path, chrom
                     page.wait_for_url("**/deployments/deployment/**tab=Runs**", timeout=45_000 if attempt == 0 else 180_000)
                     break
                 except Exception:
-                    page.screenshot(path=str(shots / f"ui-after-submit-{attempt}.png"), full_page=True)
-                    if attempt or _api(base, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_name]}}}):
+                    if attempt or _runs_named(base, run_name):
                         raise
+                    page.screenshot(path=str(shots / "ui-after-first-submit.png"), full_page=True)
             page.get_by_role("link", name=run_name).first.wait_for(timeout=120_000)
         except Exception:
             page.screenshot(path=str(shots / "ui-after-submit.png"), full_page=True)  # what the page showed
@@ -93,7 +97,7 @@ def submit_custom_run(base: str, config: dict, run_name: str, shots: Path, chrom
 def wait_completed(base: str, run_name: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        runs = _api(base, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_name]}}})
+        runs = _runs_named(base, run_name)
         if runs and runs[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return runs[0]
         if time.monotonic() > deadline:
