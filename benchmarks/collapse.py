@@ -37,7 +37,7 @@ def run_arm(cfg, data, model0, metrics0) -> list[dict]:
     history, kept, model = [metrics0], [], model0
     for r in range(1, cfg.loop.max_rounds + 1):
         samples = stages.sample(cfg, r, model, data)
-        filtered = stages.filter_samples(cfg, r, samples)
+        filtered = stages.filter_samples(cfg, r, samples, earlier=list(kept))
         kept.append(filtered)
         model = stages.retrain(cfg, r, model, data, kept)
         history.append(stages.validate(cfg, r, model, data, [samples, filtered]).meta["metrics"])

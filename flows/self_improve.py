@@ -48,7 +48,7 @@ def self_improve(config: RunConfig = RunConfig()) -> dict[str, Any]:
                 difficulties = next_difficulties(config, data, history)
                 samples = run_stage("sample", config, r=r, model=model, data=data, difficulties=difficulties)
                 ensemble = models[-(config.filter.ensemble_rounds + 1) :] if config.filter.ensemble_rounds else None
-                filtered = t.filter_samples(config, r, samples, ensemble)
+                filtered = t.filter_samples(config, r, samples, ensemble, earlier=list(kept))
                 kept.append(filtered)
                 upstream = [samples, filtered]
             model = run_stage("retrain", config, r=r, previous=model, data=data, kept=kept)

@@ -36,7 +36,11 @@ class ArithmeticConfig(_Section):
     )
     pool_slices: int = Field(4, ge=1, description="Disjoint pool slices; round r uses slice (r-1) mod this.")
     test_digits: list[int] = Field([2, 3], description="Digit counts of the held-out test problems.")
-    test_per_digits: int = Field(300, ge=1, description="Held-out test problems per digit count.")
+    test_per_digits: int = Field(300, ge=1, description="Held-out test problems per digit count (reported only).")
+    val_per_digits: int = Field(
+        300, ge=1, description="Held-out validation problems per digit count of test_digits: they pick the best "
+        "round and drive patience and the curriculum, so the test split decides nothing.",
+    )
     offset_views: int = Field(
         0,
         ge=0,
@@ -62,8 +66,17 @@ class PromptsConfig(_Section):
         None, description="Column naming each row's split; rows equal to validation_value are held out."
     )
     validation_value: str = Field("validation", description="Value of split_column marking validation rows.")
+    test_value: str = Field(
+        "test", description="Value of split_column marking test rows; when no row has it, a seeded half of the "
+        "validation rows is the test split.",
+    )
     validation_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Without split_column: share of rows with a reference held out for validation."
+        0.2, gt=0, lt=1, description="Without split_column: share of rows with a reference held out for validation "
+        "(picks the best round).",
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Without split_column: share of rows with a reference held out for the test "
+        "split (reported only, never used to decide).",
     )
     template: str = Field(
         "{prompt}", description="Prompt template; {prompt} and any other column of the data in braces."
@@ -99,8 +112,10 @@ class TextConfig(_Section):
     separator: str = Field("\n\n", description="What separates documents in a .txt file.")
     demo_docs: int = Field(1600, ge=3, description="Demo corpus (no data): stories generated from the seed.")
     validation_docs: int = Field(
-        200, ge=1, description="Held-out documents: perplexity on real data, and prompts of the diversity check."
+        200, ge=1, description="Held-out validation documents (perplexity on real data, prompts of the diversity "
+        "check); their figures pick the best round and drive the collapse guard.",
     )
+    test_docs: int = Field(200, ge=1, description="Held-out test documents: the same figures, reported only.")
     prompts: str | None = Field(
         None, description="File of prompts, one per line; empty: the first prompt_words words of held-out documents."
     )
@@ -211,7 +226,10 @@ class SampleConfig(_Section):
 
 
 class FilterConfig(_Section):
-    """Which completions are kept. Filters see completions and parsed answers, never true labels."""
+    """Which completions are kept. The vote, views, confidence, ensemble, length and dedup filters see
+    prompts, completions and parsed answers only. The score filters (min_score, best_of_k) judge samples
+    by the references the data came with, i.e. by true labels (supervised rejection sampling, RAFT/STaR),
+    and oracle uses the recipe's true answers; label_free refuses both. See selffeed.labels."""
 
     vote: bool = Field(True, description="Self-consistency majority vote over a prompt's k samples.")
     min_agreement: float = Field(
@@ -245,8 +263,14 @@ class FilterConfig(_Section):
         1.0, ge=0, le=1, description="Share of the ensemble's models that must give the kept answer."
     )
     oracle: bool = Field(
-        False, description="Control arm only: keep one row per pool prompt labelled with the recipe's true "
-        "answer (needs a recipe with an oracle); the other filters are ignored.",
+        False, description="Control arm only: keep one row per pool prompt (and per view, with views) labelled "
+        "with the recipe's true answer (needs a recipe with an oracle); the other filters are ignored.",
+    )
+    label_free: bool = Field(
+        False, description="Strict: no true label past the seed and the validation split may steer the loop. "
+        "Refuses filter.oracle, filter.min_score / best_of_k with a built-in prompts.scorer (they judge by "
+        "references), audit.min_precision, and any reference on a pool row (prepare names the file and column; "
+        "strip them). The audit may still report.",
     )
 
 
@@ -316,8 +340,25 @@ class AuditConfig(_Section):
     )
     min_precision: float | None = Field(
         None, ge=0, le=1, description="Stop the loop (keeping the best round) when a round's estimated precision "
-        "falls below this; the curriculum never moves past such a round.",
+        "falls below this; the curriculum never moves past such a round. Up to size true answers a round "
+        "then steer the loop (counted as labels; refused by filter.label_free).",
     )
+
+
+def _label_free_conflict(cfg: RunConfig) -> str | None:
+    """Why ``cfg`` breaks ``filter.label_free`` (a setting that lets true labels steer the loop), or None."""
+    from selffeed.scorers import BUILTIN
+
+    f = cfg.filter
+    if f.oracle:
+        return "filter.label_free: filter.oracle labels the pool with true answers; turn one of them off"
+    if (f.min_score is not None or f.best_of_k) and cfg.recipe == "prompts" and cfg.prompts.scorer in BUILTIN:
+        return (f"filter.label_free: filter.min_score / filter.best_of_k with prompts.scorer={cfg.prompts.scorer} "
+                "judge samples by their references; turn one of them off, or score without references")
+    if cfg.audit.min_precision is not None:
+        return ("filter.label_free: audit.min_precision stops the loop on true answers; turn one of them off "
+                "(audit.size alone only reports)")
+    return None
 
 
 class OrchestrationConfig(_Section):
@@ -364,6 +405,9 @@ class RunConfig(_Section):
         text_scored = self.recipe == "text" and self.text.scorer is not None
         if not scored and (self.filter.best_of_k or self.filter.min_score is not None and not text_scored):
             raise ValueError("filter.min_score / filter.best_of_k: need a scorer (recipe: prompts, or text.scorer)")
+        conflict = _label_free_conflict(self) if self.filter.label_free else None
+        if conflict:
+            raise ValueError(conflict)
         allowed = [metric_name(self.prompts.scorer)] if scored else ["accuracy_hardest", "accuracy"]
         if self.recipe == "text":
             allowed = ["perplexity", "loss", "distinct_2", "distinct_1", "self_bleu", "wellformed"]

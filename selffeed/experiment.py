@@ -1,16 +1,25 @@
 """Controlled experiments: the self-improvement loop against its control arms, over several seeds.
 
 Each arm is the given config transformed (:func:`arm_config`); every arm runs the same rounds and
-training steps, so the arms differ only in what is added to the training data each round:
+training steps and samples the same pool prompts, and with ``filter.views`` the same views of each
+(arithmetic: ``b+a`` and the offset problems ``a'+b``), so the arms differ only in the labels of what
+is added to the training data each round:
 
-- ``self``: the config as given (its filters keep self-labelled samples);
+- ``self``: the config as given (its filters keep self-labelled samples; each kept view is a row);
 - ``seed_only``: no generated data at all (``loop.mix=seed_only``);
-- ``unfiltered``: one sample per pool prompt, kept whatever it says (no vote, no other filter);
-- ``oracle``: the same pool prompts labelled with their true answers (``filter.oracle``), the ceiling.
+- ``unfiltered``: one sample of every prompt and every view, each kept with its own answer whatever it
+  says (no vote, no other filter but length and dedup);
+- ``oracle``: every prompt and view labelled with its own true answer (``filter.oracle``), the ceiling.
+
+So a kept prompt adds up to one row per view in every arm; the report shows kept rows and distinct
+kept prompts side by side.
 
 :func:`summarize` turns the arms' metric histories into mean ± sd per round and difficulty across
-seeds, kept counts and precision, and the gap closure on the hardest difficulty; :func:`write_report`
-writes ``report.json``, ``report.md`` and ``accuracy.png`` under :class:`~selffeed.layout.ExperimentLayout`::
+seeds on the **test** split (``metrics["test"]``; older runs' top-level figures), kept rows, prompts
+and precision, and the gap closure on the hardest difficulty at the final round and at each arm's best
+round, which is picked on the **validation** split as the loop picks it (:func:`selffeed.loop.best_round`),
+so no test figure selects anything. :func:`write_report` writes ``report.json``, ``report.md`` and
+``accuracy.png`` under :class:`~selffeed.layout.ExperimentLayout`::
 
     runs = arm_configs(load_config("data/configs/arithmetic.yaml"), ARMS, seeds=3)
     ...  # run each config (flows/experiment.py does, as Prefect subflows)
@@ -23,8 +32,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from selffeed.config import ConfigError, FilterConfig, RunConfig
+from selffeed.config import ConfigError, FilterConfig, LoopConfig, RunConfig
 from selffeed.layout import ExperimentLayout, RunLayout, write_json, write_text
+from selffeed.loop import best_round
 from selffeed.recipes import recipe_for
 from selffeed.runs import read_history
 
@@ -60,13 +70,16 @@ def arm_config(cfg: RunConfig, arm: str, seed: int) -> RunConfig:
     if arm == "seed_only":
         out.loop.mix = "seed_only"
     elif arm == "unfiltered":
-        # A fresh filter section turns off every filter, present and future, except length and dedup.
-        out.filter = FilterConfig(vote=False, dedup=cfg.filter.dedup)
+        # A fresh filter section turns off every filter, present and future, except length and dedup;
+        # views stay on so every view the self arm sampled gets its one unchecked answer.
+        out.filter = FilterConfig(
+            vote=False, dedup=cfg.filter.dedup, views=cfg.filter.views, label_free=cfg.filter.label_free
+        )
         out.sample.k = 1
     elif arm == "oracle":
         if recipe_for(cfg).true_completion is None:
             raise ConfigError(f"arm oracle: recipe {cfg.recipe} has no true answers (drop it with --arms)")
-        out.filter = FilterConfig(oracle=True)
+        out.filter = FilterConfig(oracle=True, views=cfg.filter.views)  # every prompt and view, truly labelled
         out.sample.k = 1  # the samples only feed the report; the labels are the true ones
     elif arm != "self":
         raise ConfigError(f"arm '{arm}': expected one of {', '.join(ARMS)}")
@@ -79,10 +92,20 @@ def arm_configs(cfg: RunConfig, arms: Sequence[str], seeds: int) -> list[tuple[s
 
 
 def _values(m: dict[str, Any]) -> dict[str, float]:
-    """A round's held-out figures by difficulty (plus ``all``), or the scorer's metric of a scored recipe."""
+    """A round's test figures by difficulty (plus ``all``), or the scorer's metric of a scored recipe.
+
+    The test split's figures sit under ``test``; runs from before the split have only the top level.
+    """
+    t = m.get("test") or m
     if "metric" in m:
-        return {m["metric"]: m[m["metric"]]}
-    return {**m["accuracy_by_difficulty"], "all": m["accuracy"]}
+        return {m["metric"]: t[m["metric"]]}
+    return {**t["accuracy_by_difficulty"], "all": t["accuracy"]}
+
+
+def _best(history: list[dict[str, Any]], loop: LoopConfig) -> dict[str, Any]:
+    """The round the loop's rule picks on the validation figures (top level), never on test ones."""
+    r = best_round(history, loop)
+    return next(m for m in history if m["round"] == r)
 
 
 def _stat(xs: Sequence[float | None]) -> dict[str, Any]:
@@ -98,18 +121,22 @@ def _closure(self_: float, seed_only: float, oracle: float) -> float | None:
     return None if abs(gap) < 1e-9 else (self_ - seed_only) / gap
 
 
-def summarize(histories: dict[str, dict[int, list[dict[str, Any]]]], name: str = "experiment") -> dict[str, Any]:
+def summarize(
+    histories: dict[str, dict[int, list[dict[str, Any]]]], name: str = "experiment", loop: LoopConfig | None = None
+) -> dict[str, Any]:
     """Aggregate ``histories[arm][seed]`` (each a run's metrics per round) into the report's figures.
 
-    Per arm and round: held-out accuracy per difficulty (mean ± sd across seeds), kept rows and kept
-    precision. Gap closure on the hardest difficulty, ``(self - seed_only) / (oracle - seed_only)``
-    per seed, at the final round and at each arm's best round. Worst-round precision per arm: the
-    lowest kept precision of any round of any seed.
+    Per arm and round: test accuracy per difficulty (mean ± sd across seeds), kept rows, distinct kept
+    prompts and kept precision. Gap closure on the hardest difficulty, ``(self - seed_only) /
+    (oracle - seed_only)`` per seed, at the final round and at each arm's best round, picked by
+    ``loop``'s rule on the validation figures (default: the recipe's loop metric, higher is better).
+    Worst-round precision per arm: the lowest kept precision of any round of any seed.
     """
     arms = list(histories)
     seeds = sorted({s for per_seed in histories.values() for s in per_seed})
     rounds = sorted({m["round"] for per_seed in histories.values() for h in per_seed.values() for m in h})
     first = next(m for per_seed in histories.values() for h in per_seed.values() for m in h)
+    loop = loop or LoopConfig(metric=first.get("metric", "accuracy_hardest"))
     keys = list(_values(first))
     hardest = keys[-2] if keys[-1] == "all" else keys[-1]
     per_arm: dict[str, Any] = {}
@@ -121,12 +148,14 @@ def summarize(histories: dict[str, dict[int, list[dict[str, Any]]]], name: str =
                     "round": r,
                     "accuracy": {k: _stat([_values(m).get(k) for m in ms]) for k in keys},
                     "kept": _stat([m.get("kept") for m in ms]),
+                    "prompts": _stat([m.get("kept_prompts") for m in ms]),
                     "precision": _stat([m.get("kept_precision") for m in ms]),
                 }
                 for r, ms in by_round.items()
             ],
             "final": {s: _values(h[-1])[hardest] for s, h in per_seed.items()},
-            "best": {s: max(_values(m)[hardest] for m in h) for s, h in per_seed.items()},
+            "best_round": {s: _best(h, loop)["round"] for s, h in per_seed.items()},
+            "best": {s: _values(_best(h, loop))[hardest] for s, h in per_seed.items()},
             "worst_precision": min(
                 (m["kept_precision"] for h in per_seed.values() for m in h if m.get("kept_precision") is not None),
                 default=None,
@@ -161,7 +190,7 @@ def summarize_runs(cfg: RunConfig, arms: Sequence[str], seeds: int) -> dict[str,
         if not h:
             raise FileNotFoundError(f"{lay.root}: no committed rounds (run the experiment first)")
         histories[arm][s] = h
-    return summarize(histories, cfg.name)
+    return summarize(histories, cfg.name, cfg.loop)
 
 
 def _ms(st: dict[str, Any], spec: str = ".3f") -> str:
@@ -179,17 +208,19 @@ def _table(head: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 
 def arm_table(summary: dict[str, Any], arm: str, markdown: bool = False) -> str:
-    """One line per round of ``arm``: kept rows, precision, accuracy per difficulty (mean ± sd)."""
-    head = ["round", "kept", "precision", *(f"acc@{k}" if k != "all" else "acc" for k in summary["keys"])]
+    """One line per round of ``arm``: kept rows, distinct kept prompts, precision, test accuracy per
+    difficulty (mean ± sd). Rows count views too, so rows / prompts is the views kept per prompt."""
+    head = ["round", "kept", "prompts", "precision", *(f"acc@{k}" if k != "all" else "acc" for k in summary["keys"])]
     rows = [
-        [str(r["round"]), _ms(r["kept"], ".0f"), _ms(r["precision"]), *(_ms(r["accuracy"][k]) for k in summary["keys"])]
+        [str(r["round"]), _ms(r["kept"], ".0f"), _ms(r["prompts"], ".0f"), _ms(r["precision"]),
+         *(_ms(r["accuracy"][k]) for k in summary["keys"])]
         for r in summary["per_arm"][arm]["rounds"]
     ]
     return _table(head, rows, markdown)
 
 
 def final_table(summary: dict[str, Any], markdown: bool = False) -> str:
-    """Final-round accuracy per difficulty, one column per arm (mean ± sd across seeds)."""
+    """Final-round test accuracy per difficulty, one column per arm (mean ± sd across seeds)."""
     arms = summary["arms"]
     rows = [
         [k, *(_ms(summary["per_arm"][a]["rounds"][-1]["accuracy"][k]) for a in arms)] for k in summary["keys"]
@@ -201,7 +232,7 @@ def findings(summary: dict[str, Any]) -> list[str]:
     """The headline figures in words: gap closure, precision, and self vs each control."""
     h, n = summary["hardest"], len(summary["seeds"])
     out = []
-    for when, what in (("final", "the final round"), ("best", "each arm's best round")):
+    for when, what in (("final", "the final round"), ("best", "each arm's best round (picked on validation)")):
         c = summary["gap_closure"].get(when)
         if c:
             per = ", ".join("-" if v is None else f"{v:.2f}" for v in c["per_seed"].values())
@@ -223,7 +254,9 @@ def report_markdown(summary: dict[str, Any], command: str, plot_name: str = "acc
         f"# Experiment {summary['name']}: {', '.join(summary['arms'])} x {n} seed(s)",
         "",
         f"Produced by `{command}`. Seeds {', '.join(map(str, summary['seeds']))}; every arm ran rounds "
-        f"0..{summary['rounds'][-1]} with the same training steps. Figures are mean ± sd across seeds.",
+        f"0..{summary['rounds'][-1]} with the same training steps. Figures are test-split figures, mean ± sd "
+        "across seeds; each arm's best round is picked on its validation split. `kept` counts rows (one per "
+        "kept view), `prompts` the distinct prompts they answer.",
         "",
         f"## Final round {summary['rounds'][-1]}",
         "",

@@ -214,7 +214,7 @@ def apply_filters(
     # Without the vote an unscored row passes, unless score filters are on: then nothing vouches for it.
     vote = majority_vote(samples, cfg.min_agreement) if cfg.vote else pd.Series(not by_score, index=samples.index)
     checks: dict[str, pd.Series] = {}
-    if cfg.views:
+    if cfg.views and cfg.vote:  # views agreement is part of the vote; without it views only widen sampling
         checks["views"] = views_agree(samples)
     if cfg.min_logprob is not None:
         checks["confidence"] = confident(samples, cfg.min_logprob)

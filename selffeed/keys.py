@@ -1,158 +1,168 @@
-"""Content-addressed stage keys: what a stage's output depends on, hashed.
+"""Content-addressed stage keys: everything a stage's output depends on, hashed.
 
-A key covers the stage's code version (the source of the modules and functions it runs, so a
-change in a helper counts, unlike Prefect's TASK_SOURCE), the config sections it reads, the seed,
-the run directory it writes into, the round, and the content digests of its upstream manifests
-(never their paths). For the prompts recipe it also covers the data file's bytes and a user scorer's
-source. Changing the filter config therefore changes the filter's key and, through the
-kept digest, every key downstream, while prepare, fine-tune and sample keep theirs.
+A key covers:
+
+- **code**: the source of every module of the ``selffeed`` package (not a hand-kept list of the
+  modules a stage happens to run today), the versions of the libraries that compute the results
+  (torch, transformers, ...) and of Python;
+- **user code**: the source files of user callables the stage runs (``prompts.scorer``,
+  ``text.scorer``, ``filter.verifier``);
+- **config**: the sections a stage reads (:data:`STAGE_CONFIG`; whole sections, so a new field is
+  covered the day it is added), the seed, the run directory and name;
+- **inputs**: the content digests of its upstream manifests (never their paths), including the
+  earlier rounds' kept rows the filter deduplicates against;
+- **files**: the content of every file the config names that the stage reads (``model.path`` by its
+  bytes, the prompt data, the text corpus).
+
+Over-invalidating is cheap; a stale result is silent. ``tests/test_keys.py`` traces which config
+fields and which source files every stage really touches and fails when a key misses one.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.metadata
 import importlib.util
-import inspect
 import json
-import sys
+import platform
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from selffeed.config import RunConfig
-from selffeed.manifest import Manifest
+from selffeed.manifest import Manifest, digest, stat_of
 
 # Bump to invalidate every cached stage at once (e.g. after changing the on-disk format).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-# Modules whose source a stage's output depends on (its own function in selffeed.stages is added).
-STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "prepare": (
-        "selffeed.recipes", "selffeed.recipes.arithmetic", "selffeed.recipes.prompts", "selffeed.schema",
-        "selffeed.recipes.text", "selffeed.recipes.stories",
-    ),
-    "finetune": (
-        "selffeed.finetune", "selffeed.model", "selffeed.recipes.arithmetic", "selffeed.recipes.prompts",
-        "selffeed.recipes.text", "selffeed.backends.lora",
-    ),
-    "sample": (
-        "selffeed.sample", "selffeed.model", "selffeed.schema", "selffeed.recipes", "selffeed.recipes.arithmetic",
-        "selffeed.recipes.prompts", "selffeed.scorers", "selffeed.curriculum", "selffeed.recipes.text",
-        "selffeed.backends.vllm_sampler", "selffeed.labels",
-    ),
-    "filter": (
-        "selffeed.filters", "selffeed.schema", "selffeed.recipes", "selffeed.scorers", "selffeed.sample",
-        "selffeed.model", "selffeed.text_filters", "selffeed.labels",
-    ),
-    "retrain": (
-        "selffeed.finetune", "selffeed.model", "selffeed.loop", "selffeed.schema", "selffeed.recipes",
-        "selffeed.recipes.text", "selffeed.backends.lora",
-    ),
-    "validate": (
-        "selffeed.validate", "selffeed.sample", "selffeed.model", "selffeed.recipes", "selffeed.recipes.arithmetic",
-        "selffeed.recipes.prompts", "selffeed.scorers", "selffeed.audit", "selffeed.text_metrics",
-        "selffeed.text_filters", "selffeed.recipes.text", "selffeed.recipes.stories", "selffeed.labels",
-    ),
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+LIBRARIES = (
+    "selffeed", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyarrow", "datasets",
+    "peft", "accelerate", "vllm", "sacrebleu", "rouge-score",
+)
+"""Distributions whose version is part of every key (absent ones count as absent)."""
+
+RECIPE = "<recipe>"
+"""Stands for the run's recipe section (arithmetic, prompts or text) in :data:`STAGE_CONFIG`."""
+
+STAGE_CONFIG: dict[str, tuple[str, ...]] = {
+    "prepare": ("recipe", RECIPE, "model", "filter.label_free"),
+    "finetune": ("recipe", RECIPE, "model", "finetune", "threads"),
+    "sample": ("recipe", RECIPE, "sample", "filter.views", "threads"),
+    "filter": ("recipe", RECIPE, "filter", "sample", "threads"),
+    "retrain": ("recipe", RECIPE, "model", "retrain", "loop.mix", "loop.min_real_fraction", "loop.init", "threads"),
+    "validate": ("recipe", RECIPE, "sample", "audit", "threads"),
 }
-# Fields of the recipe's config section that sampling, filtering and validation read (prepare reads
-# all of it); a field missing from a section is skipped.
-RECIPE_FIELDS: dict[str, tuple[str, ...]] = {
-    "sample": ("width", "answer", "max_new_tokens"),
-    "filter": (
-        "scorer", "max_repeat_ratio", "repeat_n", "near_dup", "shingle_n", "min_sample_perplexity",
-        "max_sample_perplexity",
-    ),
-    "validate": ("width", "scorer", "answer", "max_new_tokens", "diversity_prompts"),
-}
-# Functions of selffeed.stages each stage runs.
-STAGE_FUNCTIONS: dict[str, tuple[str, ...]] = {
-    "prepare": ("prepare",),
-    "finetune": ("finetune", "_base_model", "_train_and_save"),
-    "sample": ("sample",),
-    "filter": ("filter_samples", "_earlier_documents"),
-    "retrain": ("retrain", "_train_and_save", "_base_model"),
-    "validate": ("validate",),
-}
+"""Config sections (or ``section.field``) each stage's output depends on, besides seed, name and
+runs_dir. Left out everywhere, because no stage output depends on them: the stop rules and best-round
+choice (``loop`` but for the mix), the curriculum (its choice reaches sample as an explicit input) and
+``orchestration`` (where a stage runs)."""
+
+USER_CODE_STAGES = ("filter", "validate")
+"""Stages that call user callables (scorers, verifiers)."""
 
 
-def _config_sections(stage: str, cfg: RunConfig) -> dict[str, Any]:
-    d = cfg.model_dump(mode="json")
-    common = {"seed": d["seed"], "runs_dir": str(Path(cfg.runs_dir).resolve()), "name": cfg.name}
-    # Results depend on the thread count (float reduction order), so compute stages key on it.
-    by_stage = {
-        "prepare": {"recipe": d["recipe"], d["recipe"]: d[d["recipe"]]},
-        "finetune": {"model": d["model"], "finetune": d["finetune"], "threads": d["threads"]},
-        "sample": {"sample": d["sample"], "views": d["filter"]["views"], "threads": d["threads"]},
-        "filter": {"filter": d["filter"]},
-        "retrain": {
-            "retrain": d["retrain"], "mix": d["loop"]["mix"], "threads": d["threads"],
-            # reinit trains the base model again, which the model section describes
-            "policy": {k: d["loop"][k] for k in ("min_real_fraction", "init")}, "model": d["model"],
-        },
-        "validate": {"threads": d["threads"], "audit": d["audit"]},
-    }
-    section = d[d["recipe"]]
-    if stage in RECIPE_FIELDS:
-        by_stage[stage][d["recipe"]] = {f: section[f] for f in RECIPE_FIELDS[stage] if f in section}
-    if d["recipe"] == "prompts":
-        if stage == "prepare":  # the data file and the model's chat template shape the splits
-            by_stage[stage]["data"] = _file_digest(section["data"])
-            by_stage[stage]["gold"] = _file_digest(section.get("gold"))
-            by_stage[stage]["model_path"] = d["model"]["path"]
-        if stage in ("filter", "validate"):  # a user scorer's own source counts like ours
-            by_stage[stage]["scorer_source"] = _scorer_digest(section["scorer"])
-    if d["recipe"] == "text":
-        if stage == "prepare":  # the corpus files (a glob may name several) and the prompt file
-            by_stage[stage]["data"] = [_file_digest(f) for f in sorted(glob.glob(section["data"] or ""))]
-            by_stage[stage]["prompts_file"] = _file_digest(section["prompts"])
-        if stage == "filter" and section["scorer"]:
-            by_stage[stage]["scorer_source"] = _scorer_digest(section["scorer"])
-        if stage == "validate":  # diversity is measured on sampled continuations
-            by_stage[stage]["sample"] = d["sample"]
-    return {**common, **by_stage[stage]}
-
-
-def _file_digest(path: str | None) -> str | None:
-    """sha256 of a file, or of every file under a directory (names and bytes); None if absent."""
-    if not path or not Path(path).exists():
-        return None
-    p = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
-        if f.is_file():
-            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-            h.update(f.read_bytes())
+@cache
+def code_version() -> str:
+    """sha256 over every source file of the selffeed package, library versions and the format."""
+    h = hashlib.sha256(f"format={FORMAT_VERSION}".encode())
+    for f in package_files():
+        h.update(str(f.relative_to(PACKAGE_DIR)).encode() + b"\0" + f.read_bytes())
+    h.update(json.dumps(library_versions(), sort_keys=True).encode())
     return h.hexdigest()
 
 
-def _scorer_digest(spec: str) -> str | None:
+def package_files() -> list[Path]:
+    """Every Python source file of the selffeed package, sorted."""
+    return sorted(PACKAGE_DIR.rglob("*.py"))
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+_DIGESTS: dict[tuple[str, tuple[int, ...]], str] = {}
+
+
+def content_digest(path: str | Path | None) -> str | None:
+    """sha256 of a file or directory's content (see :func:`selffeed.manifest.digest`); None if absent.
+
+    Remembered per (path, size, mtime, file count), so a large checkpoint is hashed once per process.
+    """
+    if not path or not Path(path).exists():
+        return None
+    p = Path(path).resolve()
+    stamp = (str(p), tuple(stat_of(p)))
+    if stamp not in _DIGESTS:
+        _DIGESTS[stamp] = digest(p)
+    return _DIGESTS[stamp]
+
+
+def callable_file(spec: str | None) -> Path | None:
+    """The source file of a user callable ``'path/to/file.py:function'`` or ``'module:function'``;
+    None for built-in scorers, empty specs and modules that cannot be found."""
     from selffeed.scorers import BUILTIN
 
-    if spec in BUILTIN:
+    if not spec or spec in BUILTIN:
         return None
     module = spec.rpartition(":")[0]
     if module.endswith(".py") or "/" in module:
-        return _file_digest(module)
+        return Path(module).resolve()
     try:
         found = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return None
-    return _file_digest(found.origin) if found and found.origin else None
+    return Path(found.origin).resolve() if found and found.origin else None
 
 
-@cache
-def code_version(stage: str) -> str:
-    """sha256 over the source of the modules and stage functions ``stage`` runs."""
-    import selffeed.stages as stages_mod
+def user_code_files(cfg: RunConfig) -> list[Path]:
+    """Source files of the user callables ``cfg`` names (scorers and verifier)."""
+    specs = [cfg.filter.verifier]
+    if cfg.recipe == "prompts":
+        specs.append(cfg.prompts.scorer)
+    if cfg.recipe == "text":
+        specs.append(cfg.text.scorer)
+    return [f for f in (callable_file(s) for s in specs) if f is not None]
 
-    h = hashlib.sha256(f"format={FORMAT_VERSION}".encode())
-    for name in STAGE_MODULES[stage]:
-        __import__(name)
-        h.update(Path(sys.modules[name].__file__).read_bytes())
-    for fn in STAGE_FUNCTIONS[stage]:
-        h.update(inspect.getsource(inspect.unwrap(getattr(stages_mod, fn))).encode())
-    return h.hexdigest()
+
+def covered_files(stage: str, cfg: RunConfig) -> list[Path]:
+    """Source files whose content is part of ``stage``'s key."""
+    return package_files() + (user_code_files(cfg) if stage in USER_CODE_STAGES else [])
+
+
+def data_files(stage: str, cfg: RunConfig) -> dict[str, str | None]:
+    """Digests of the files the config names that ``stage`` reads."""
+    out: dict[str, str | None] = {}
+    if cfg.model.path and "model" in STAGE_CONFIG[stage]:
+        out["model.path"] = content_digest(cfg.model.path)
+    if stage == "prepare" and cfg.recipe == "prompts":
+        out["prompts.data"] = content_digest(cfg.prompts.data)
+        out["prompts.gold"] = content_digest(cfg.prompts.gold)
+    if stage == "prepare" and cfg.recipe == "text":
+        files = sorted(glob.glob(cfg.text.data)) if cfg.text.data else []
+        out["text.data"] = json.dumps([content_digest(f) for f in files])
+        out["text.prompts"] = content_digest(cfg.text.prompts)
+    if stage in USER_CODE_STAGES:
+        out |= {str(f): content_digest(f) for f in user_code_files(cfg)}
+    return out
+
+
+def config_material(stage: str, cfg: RunConfig) -> dict[str, Any]:
+    """The config values ``stage``'s key covers."""
+    d = cfg.model_dump(mode="json")
+    out: dict[str, Any] = {"seed": d["seed"], "name": d["name"], "runs_dir": str(Path(cfg.runs_dir).resolve())}
+    for item in STAGE_CONFIG[stage]:
+        section, _, field = (d["recipe"] if item == RECIPE else item).partition(".")
+        out[item if field else section] = d[section][field] if field else d[section]
+    return out
 
 
 def _digests(value: Any) -> Any:
@@ -167,8 +177,9 @@ def stage_key(stage: str, cfg: RunConfig, inputs: dict[str, Any]) -> str:
     """The key of running ``stage`` with ``inputs`` (the task's arguments other than the config)."""
     material = {
         "stage": stage,
-        "code": code_version(stage),
-        "config": _config_sections(stage, cfg),
+        "code": code_version(),
+        "config": config_material(stage, cfg),
+        "files": data_files(stage, cfg),
         # Omitted optional arguments and explicit None must give the same key.
         "inputs": {k: _digests(v) for k, v in sorted(inputs.items()) if v is not None},
     }

@@ -1,6 +1,7 @@
-"""The experiment report's figure: held-out accuracy vs round, one line per arm, error bars = sd.
+"""The experiment report's figure: test accuracy vs round, one line per arm, error bars = sd.
 
-One panel per test difficulty plus one for all of them (or one for a scored recipe's metric)::
+One panel per test difficulty plus one for all of them (or one for a scored recipe's metric). The
+figures are the test split's (see :func:`selffeed.experiment.summarize`), which picked nothing::
 
     accuracy_plot(summary, Path("runs/arith-demo-experiment/accuracy.png"))  # summary: experiment.summarize
 """
@@ -50,7 +51,7 @@ def accuracy_plot(summary: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("round")
         ax.set_xticks(summary["rounds"])
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("held-out accuracy" if "all" in keys else keys[0])
+    axes[0][0].set_ylabel("test accuracy" if "all" in keys else f"test {keys[0]}")
     axes[0][-1].legend(title="arm", fontsize="small")
     n = len(summary["seeds"])
     fig.suptitle(f"{summary['name']}: mean over {n} seed(s), error bars = sd", fontsize="medium")

@@ -1,4 +1,8 @@
-"""Plain-text reports of a run: the per-round table and the comparison with a control arm."""
+"""Plain-text reports of a run: the per-round table and the comparison with a control arm.
+
+Reports show the held-out figures of the **test** split (``metrics["test"]``), which nothing in the
+loop decides on; the validation figure that picked the best round is shown beside them as ``val``.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,28 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def round_table(history: Sequence[dict[str, Any]]) -> str:
-    """One line per round: sizes, filter precision, held-out accuracy per difficulty, stage times.
+def _labels(m: dict[str, Any]) -> str:
+    """The true labels the round used that could steer it (``labels.total``, see selffeed.labels)."""
+    return _fmt((m.get("labels") or {}).get("total"), "d")
+
+
+def on_test(m: dict[str, Any], metric: str | None = None) -> dict[str, Any]:
+    """A round's metrics with the test split's figures in place of the validation split's, and the
+    validation value of ``metric`` under ``val`` (rounds of older runs, without a test entry, as they are)."""
+    if "test" not in m:
+        return m
+    return {**m, **m["test"], "val": m.get(metric) if metric else None}
+
+
+def round_table(history: Sequence[dict[str, Any]], metric: str | None = None) -> str:
+    """One line per round: sizes, true labels used (``labels``: seed, references, oracle, steering
+    audit and validation labels), filter precision, test accuracy per difficulty, stage times, and
+    with ``metric`` its validation value (``val``, what picks the best round).
 
     Rounds of a scored recipe (metrics name their ``metric``) show the kept rows' mean score and the
-    validation metric instead of precision and accuracies.
+    test metric instead of precision and accuracies.
     """
+    history = [on_test(m, metric) for m in history]
     if "distinct_2" in history[0]:
         return _text_table(history)
     if "metric" in history[0]:
@@ -31,6 +51,8 @@ def round_table(history: Sequence[dict[str, Any]]) -> str:
         + (["pool"] if curriculum else [])
         + [f"acc@{d}" for d in buckets]
         + ["acc", "loss"]
+        + (["val"] if metric else [])
+        + ["labels"]
         + [f"{s}_s" for s in stages]
     )
     rows = [head]
@@ -42,6 +64,8 @@ def round_table(history: Sequence[dict[str, Any]]) -> str:
             + ([",".join(map(str, m.get("pool_difficulties") or [])) or "-"] if curriculum else [])
             + [_fmt(m["accuracy_by_difficulty"].get(d)) for d in buckets]
             + [_fmt(m["accuracy"]), _fmt(m["loss"])]
+            + ([_fmt(m.get("val"))] if metric else [])
+            + [_labels(m)]
             + [_fmt(times.get(s), ".1f") for s in stages]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -53,8 +77,9 @@ def _text_table(history: Sequence[dict[str, Any]]) -> str:
     (distinct-1/2, self-BLEU: lower is more diverse) and, for the demo, the well-formed share."""
     stages = ["finetune", "sample", "filter", "retrain", "validate"]
     formed = any(m.get("wellformed") is not None for m in history)
+    val = any(m.get("val") is not None for m in history)
     head = (["round", "train", "real", "kept", "ppl", "dist-1", "dist-2", "self-bleu"]
-            + (["wellformed"] if formed else []) + [f"{s}_s" for s in stages])
+            + (["wellformed"] if formed else []) + (["val"] if val else []) + ["labels"] + [f"{s}_s" for s in stages])
     rows = [head]
     for m in history:
         times = m.get("seconds", {})
@@ -63,6 +88,8 @@ def _text_table(history: Sequence[dict[str, Any]]) -> str:
              _fmt(m.get("kept"), "d"), _fmt(m["perplexity"]), _fmt(m["distinct_1"]), _fmt(m["distinct_2"]),
              _fmt(m["self_bleu"], ".1f")]
             + ([_fmt(m.get("wellformed"))] if formed else [])
+            + ([_fmt(m.get("val"))] if val else [])
+            + [_labels(m)]
             + [_fmt(times.get(s), ".1f") for s in stages]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -72,13 +99,17 @@ def _text_table(history: Sequence[dict[str, Any]]) -> str:
 def _scored_table(history: Sequence[dict[str, Any]]) -> str:
     name = history[0]["metric"]
     stages = ["finetune", "sample", "filter", "retrain", "validate"]
-    head = ["round", "train", "kept", "kept_score", name, "loss"] + [f"{s}_s" for s in stages]
+    val = any(m.get("val") is not None for m in history)
+    head = (["round", "train", "kept", "kept_score", name, "loss"] + (["val"] if val else []) + ["labels"]
+            + [f"{s}_s" for s in stages])
     rows = [head]
     for m in history:
         times = m.get("seconds", {})
         rows.append(
             [str(m["round"]), _fmt(m.get("train_size"), "d"), _fmt(m.get("kept"), "d"), _fmt(m.get("kept_score"))]
             + [_fmt(m[name]), _fmt(m["loss"])]
+            + ([_fmt(m.get("val"))] if val else [])
+            + [_labels(m)]
             + [_fmt(times.get(s), ".1f") for s in stages]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -86,8 +117,8 @@ def _scored_table(history: Sequence[dict[str, Any]]) -> str:
 
 
 def comparison(main: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]], label: str = "seed-only") -> str:
-    """Final-round held-out accuracy per difficulty of the loop vs a control with the same steps."""
-    a, b = main[-1], control[-1]
+    """Final-round test accuracy per difficulty of the loop vs a control with the same steps."""
+    a, b = on_test(main[-1]), on_test(control[-1])
     if "metric" in a or "distinct_2" in a:  # a scored or text recipe: one validation metric, no buckets
         name = a.get("metric", "perplexity")
         return "\n".join([
@@ -112,18 +143,18 @@ def artifact_key(name: str) -> str:
 
 def round_markdown(name: str, history: Sequence[dict[str, Any]], record: dict[str, Any]) -> str:
     """The round report attached to the flow run: the table, the best round and the stop reason."""
-    last = history[-1]
+    last = on_test(history[-1])
     metric = last.get("metric", "perplexity" if "distinct_2" in last else "accuracy")
     lines = [
         f"# {name}: round {last['round']}",
         "",
-        f"- held-out {metric} {last[metric]:.3f}, loss {last['loss']:.4f}",
+        f"- test {metric} {last[metric]:.3f}, loss {last['loss']:.4f}",
         f"- kept {_fmt(last.get('kept'), 'd')} rows, precision {_fmt(last.get('kept_precision'))}",
         f"- best round so far: {record['best_round']} ({record['metric']})",
         f"- stopped: {record['stop_reason'] or 'no'}",
         "",
         "```",
-        round_table(history),
+        round_table(history, record["metric"]),
         "```",
     ]
     return "\n".join(lines)

@@ -29,7 +29,9 @@ from selffeed.curriculum import round_pool
 from selffeed.filters import apply_filters, majority_vote
 from selffeed.finetune import train
 from selffeed.layout import RunLayout, write_json
-from selffeed.labels import audit_truth, ensemble_answers, in_prompt_frame, kept_precision, oracle_kept, with_views
+from selffeed.labels import (
+    audit_truth, ensemble_answers, filter_labels, in_prompt_frame, kept_precision, labels_used, oracle_kept, with_views,
+)
 from selffeed.loop import training_mix
 from selffeed.manifest import Manifest, make_manifest
 from selffeed.model import char_tokenizer, default_device, load_checkpoint, save_checkpoint, tiny_gpt2
@@ -57,15 +59,15 @@ def _threads(cfg: RunConfig) -> None:
 
 
 def prepare(cfg: RunConfig) -> Manifest:
-    """Write the labelled seed, the unlabelled pool and the held-out test split."""
+    """Write the labelled seed, the unlabelled pool and the held-out validation and test splits."""
     t0 = time.perf_counter()
     lay = layout_of(cfg)
     splits = recipe_for(cfg).make_splits(cfg.seed)
     rows = {}
-    rows["seed"] = schema.write(splits["seed"], schema.LABELLED, lay.split("seed"))
-    rows["test"] = schema.write(splits["test"], schema.LABELLED, lay.split("test"))
+    for name in ("seed", "val", "test"):
+        rows[name] = schema.write(splits[name], schema.LABELLED, lay.split(name))
     rows["pool"] = schema.write(splits["pool"], schema.POOL, lay.split("pool"))
-    names = ["seed", "pool", "test"]
+    names = ["seed", "pool", "val", "test"]
     if "gold" in splits:  # the audit's hidden answers for some pool prompts
         rows["gold"] = schema.write(splits["gold"], schema.LABELLED, lay.split("gold"))
         names.append("gold")
@@ -83,7 +85,7 @@ def _base_model(cfg: RunConfig, data: Manifest):
         return load_checkpoint(cfg.model.path)
     recipe = recipe_for(cfg)
     needs_data = recipe.make_tokenizer is not None or recipe.chars is None
-    splits = [pd.read_parquet(data.path(s)) for s in ("seed", "pool", "test")] if needs_data else []
+    splits = [pd.read_parquet(data.path(s)) for s in ("seed", "pool", "val", "test")] if needs_data else []
     if recipe.make_tokenizer is not None:  # e.g. the text recipe's word-level tokens over the prepared corpus
         tokenizer = recipe.make_tokenizer(*splits)
     else:  # characters: the recipe's alphabet, or every character of the prepared data
@@ -210,22 +212,24 @@ def sample(
     )
 
 
-def _earlier_documents(cfg: RunConfig, r: int) -> list[str]:
-    """Prompt + completion of every row kept in rounds before ``r`` (the text recipe's dedup reference)."""
-    lay = layout_of(cfg)
-    frames = [schema.read(lay.kept(i), schema.KEPT) for i in range(1, r) if lay.kept(i).exists()]
-    return [d for f in frames for d in documents(f)]
+def _documents(kept: list[Manifest]) -> list[str]:
+    """Prompt + completion of every row of the ``kept`` corpora (the text recipe's dedup reference)."""
+    return [d for m in kept for d in documents(schema.read(m.path("kept"), schema.KEPT))]
 
 
-def filter_samples(cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Manifest] | None = None) -> Manifest:
-    """Keep what the configured filters accept; never looks at true answers (except ``filter.oracle``,
-    the oracle control arm)."""
+def filter_samples(
+    cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Manifest] | None = None,
+    earlier: list[Manifest] | None = None,
+) -> Manifest:
+    """Keep what the configured filters accept. ``earlier`` are the kept corpora of rounds before ``r``
+    (the text recipe's near-duplicate reference), passed in so that they are part of the stage's key.
+    Which true labels a filter may see is documented on :class:`~selffeed.config.FilterConfig`."""
     t0 = time.perf_counter()
     df = schema.read(samples.path("samples"), schema.SAMPLES)
     recipe = recipe_for(cfg)
     if recipe.scorer is not None:
         df["score"] = score_rows(recipe.scorer, list(df["completion"]), list(df["reference"]), list(df["prompt"]))
-    mapped = cfg.filter.views and recipe.view_answer is not None and not cfg.filter.oracle
+    mapped = cfg.filter.views and cfg.filter.vote and recipe.view_answer is not None and not cfg.filter.oracle
     if mapped:  # views with answers of their own: vote in the prompt's frame, keep each view's raw answer
         df, original = in_prompt_frame(df, 1 if cfg.sample.greedy else cfg.sample.k, recipe.view_answer)
     answers = None
@@ -239,7 +243,7 @@ def filter_samples(cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Man
                 recipe.view_answer(original.get(p, p), p, a) for p, a in zip(answers["prompt"], answers["answer"])
             ]
     if cfg.recipe == "text":  # free text: no vote; repetition, duplicate and perplexity filters instead
-        kept = apply_text_filters(df, cfg, earlier=_earlier_documents(cfg, r))
+        kept = apply_text_filters(df, cfg, earlier=_documents(earlier or []))
     else:
         kept = oracle_kept(cfg, df) if cfg.filter.oracle else apply_filters(df, cfg.filter, ensemble_answers=answers)
     if mapped:
@@ -256,6 +260,7 @@ def filter_samples(cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Man
         mean_agreement=float(kept["agreement"].mean()) if n else 0.0,
         mean_score=float(scored.mean()) if len(scored) else None,
         kept_score=float(kept["score"].mean()) if kept["score"].notna().any() else None,
+        labels=filter_labels(cfg, df, kept),
         seconds=time.perf_counter() - t0,
     )
 
@@ -281,25 +286,32 @@ def retrain(
 def validate(
     cfg: RunConfig, r: int, model: Manifest, data: Manifest, upstream: list[Manifest] | None = None
 ) -> Manifest:
-    """Held-out metrics of round ``r``'s model, with the round's figures, written to ``metrics.json``."""
+    """Held-out metrics of round ``r``'s model on the validation split (top level: what the loop decides
+    on) and the test split (``metrics["test"]``: reported only), with the round's figures, written to
+    ``metrics.json``."""
     _threads(cfg)
     t0 = time.perf_counter()
     lay = layout_of(cfg)
     recipe = recipe_for(cfg)
     lm, tokenizer = load_checkpoint(model.path("model"))
-    test = schema.read(data.path("test"), schema.LABELLED)
-    metrics: dict[str, Any] = {"round": r, "model_id": lay.model_id(r)}
+
+    def held_out(split: str) -> dict[str, Any]:
+        df = schema.read(data.path(split), schema.LABELLED)
+        if cfg.recipe == "text":
+            return evaluate_text(
+                lm, tokenizer, df, cfg.sample, cfg.seed, recipe.max_new_tokens, cfg.text.diversity_prompts,
+                recipe.wellformed,
+            )
+        if recipe.scorer is not None:
+            return evaluate_scored(lm, tokenizer, df, recipe.scorer, recipe.max_new_tokens)
+        return evaluate(lm, tokenizer, df, recipe.parse_answer, recipe.max_new_tokens)
+
+    # The validation split's figures sit at the top level: the loop decides on them (best round,
+    # patience, curriculum, collapse guard). The test split's are only reported, under "test".
+    metrics: dict[str, Any] = {"round": r, "model_id": lay.model_id(r), **held_out("val"), "test": held_out("test")}
     if cfg.recipe == "text":
-        metrics.update(evaluate_text(
-            lm, tokenizer, test, cfg.sample, cfg.seed, recipe.max_new_tokens, cfg.text.diversity_prompts,
-            recipe.wellformed,
-        ))
         train_size, generated = model.meta.get("train_size"), model.meta.get("generated_rows") or 0
         metrics["real_fraction"] = 1 - generated / train_size if train_size else None
-    elif recipe.scorer is not None:
-        metrics.update(evaluate_scored(lm, tokenizer, test, recipe.scorer, recipe.max_new_tokens))
-    else:
-        metrics.update(evaluate(lm, tokenizer, test, recipe.parse_answer, recipe.max_new_tokens))
     metrics["train_size"] = model.meta.get("train_size")
     metrics["train_loss"] = model.meta.get("train_loss")
     for m in upstream or []:
@@ -309,6 +321,7 @@ def validate(
         if m.stage == "filter":
             kept = schema.read(m.path("kept"), schema.KEPT)
             metrics["kept"] = m.rows
+            metrics["kept_prompts"] = m.meta.get("kept_prompts")
             metrics["kept_precision"] = kept_precision(cfg, kept)
             truth, audited = audit_truth(cfg, data, kept)
             if cfg.audit.size and truth is not None and not audited.empty:
@@ -317,6 +330,7 @@ def validate(
                 metrics["audit"] = est
             if recipe.scorer is not None:  # mean score of the kept rows: how good the new labels look
                 metrics["kept_score"] = float(kept["score"].mean()) if kept["score"].notna().any() else None
+    metrics["labels"] = labels_used(cfg, r, data, model, upstream)
     # metrics.json holds only what the seed determines (no timings), so reruns reproduce it byte for
     # byte; stage times live in the round's manifest.json.
     write_json(lay.metrics(r), metrics)

@@ -14,6 +14,7 @@ from typing import Any
 from selffeed.layout import RunLayout, read_json
 from selffeed.lock import read_holder
 from selffeed.manifest import Manifest
+from selffeed.report import on_test
 
 STAGE_ORDER = ["prepare", "finetune", "sample", "filter", "retrain", "validate"]
 
@@ -36,7 +37,7 @@ def run_status(root: Path) -> dict[str, Any]:
                 entry["stages"][name] = {"state": state, "problems": problems, "seconds": stages[name]["meta"].get("seconds")}
             if any(s["state"] != "done" for s in entry["stages"].values()):
                 entry["state"] = "needs recompute"
-            metrics = stages["validate"]["meta"]["metrics"]
+            metrics = on_test(stages["validate"]["meta"]["metrics"])  # figures of the test split
             entry["figures"] = {
                 k: metrics.get(k) for k in ("accuracy", "accuracy_hardest", "loss", "train_size", "kept", "kept_precision")
             }

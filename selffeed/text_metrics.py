@@ -89,7 +89,7 @@ def evaluate_text(
     outs = sample_completions(model, tokenizer, prompts, one, seed, max_new_tokens)
     texts = [o.text for o in outs]
     metrics: dict[str, Any] = {
-        "n_test": int(len(test)),
+        "n_rows": int(len(test)),
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
         **diversity(texts),

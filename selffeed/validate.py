@@ -76,7 +76,7 @@ def evaluate(
         "accuracy": float(right.mean()),
         "accuracy_by_difficulty": {str(int(d)): float(a) for d, a in by.items()},
         "accuracy_hardest": float(by.iloc[-1]) if len(by) else 0.0,
-        "n_test": int(len(test)),
+        "n_rows": int(len(test)),
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
     }
@@ -103,7 +103,7 @@ def evaluate_scored(
     return {
         "metric": metric_name(scorer),
         metric_name(scorer): float(sum(got) / len(got)) if got else 0.0,
-        "n_test": int(len(test)),
+        "n_rows": int(len(test)),
         "n_scored": len(got),
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),

@@ -1,7 +1,7 @@
 """The Prefect cache policy of the stages: content-addressed keys that heal themselves.
 
-The key is :func:`selffeed.keys.stage_key` (code version, config sections, seed, run directory,
-round and upstream digests). Prefect alone knows nothing about the Parquet files and checkpoints a
+The key is :func:`selffeed.keys.stage_key` (the package's source, library versions, the config
+sections the stage reads, user code, the content of files the config names, and upstream digests). Prefect alone knows nothing about the Parquet files and checkpoints a
 manifest names: when a cached manifest's files are gone or changed, this policy drops the record so
 the lookup misses and the stage runs again under the same key, instead of handing a dangling or
 stale path downstream.

@@ -67,8 +67,11 @@ def sample(cfg: RunConfig, r: int, model: Manifest, data: Manifest, difficulties
 
 
 @task(**_stage("filter", task_run_name="filter-r{r}"))
-def filter_samples(cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Manifest] | None = None) -> Manifest:
-    return stages.filter_samples(cfg, r, samples, ensemble)
+def filter_samples(
+    cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Manifest] | None = None,
+    earlier: list[Manifest] | None = None,
+) -> Manifest:
+    return stages.filter_samples(cfg, r, samples, ensemble, earlier)
 
 
 @task(**_stage("retrain", task_run_name="retrain-r{r}", tags=GPU))

@@ -42,7 +42,7 @@ TINY = [
     "model.n_embd=16", "model.n_layer=1", "model.n_head=2", "model.n_inner=32", "model.n_positions=32",
     "arithmetic.width=2", "arithmetic.seed_digits=[1, 2]", "arithmetic.seed_size=60",
     "arithmetic.pool_digits=[2]", "arithmetic.pool_per_round=40", "arithmetic.pool_slices=2",
-    "arithmetic.test_digits=[2]", "arithmetic.test_per_digits=30",
+    "arithmetic.test_digits=[2]", "arithmetic.test_per_digits=30", "arithmetic.val_per_digits=30",
     "finetune.steps=30", "finetune.batch_size=32", "finetune.warmup_steps=5", "finetune.progress=false",
     "retrain.steps=10", "retrain.batch_size=32", "retrain.warmup_steps=2", "retrain.progress=false",
     "sample.k=4", "filter.min_agreement=0.5", "loop.max_rounds=1",

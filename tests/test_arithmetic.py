@@ -27,12 +27,13 @@ def test_parse_answer_rejects_malformed():
 
 def test_splits_are_disjoint_and_pool_has_no_answers():
     cfg = ArithmeticConfig(width=3, seed_digits=[1, 2], seed_size=110,
-                           pool_per_round=50, pool_slices=3, test_digits=[2, 3], test_per_digits=40)
+                           pool_per_round=50, pool_slices=3, test_digits=[2, 3], test_per_digits=40, val_per_digits=20)
     s = ar.make_splits(cfg, seed=1)
-    seed, pool, test = s["seed"], s["pool"], s["test"]
-    assert len(seed) == 110 and len(test) == 80 and len(pool) == 150
-    assert set(seed["prompt"]).isdisjoint(test["prompt"])
-    assert set(pool["prompt"]).isdisjoint(test["prompt"]) and set(pool["prompt"]).isdisjoint(seed["prompt"])
+    seed, pool, val, test = s["seed"], s["pool"], s["val"], s["test"]
+    assert len(seed) == 110 and len(val) == 40 and len(test) == 80 and len(pool) == 150
+    every = [seed["prompt"], pool["prompt"], val["prompt"], test["prompt"]]
+    assert len(set().union(*every)) == sum(len(x) for x in every)  # no problem in two splits
+    assert val.groupby("difficulty").size().to_dict() == {2: 20, 3: 20}
     assert "completion" not in pool.columns
     assert sorted(pool["slice"].unique()) == [0, 1, 2]
     assert test.groupby("difficulty").size().to_dict() == {2: 40, 3: 40}

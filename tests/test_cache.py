@@ -137,16 +137,6 @@ def test_changing_a_filter_parameter_recomputes_filter_and_downstream_only(tmp_p
     assert rec.take() == []
 
 
-def test_code_version_follows_helper_modules(monkeypatch):
-    from selffeed import keys
-
-    before = keys.code_version("filter")
-    keys.code_version.cache_clear()
-    monkeypatch.setitem(keys.STAGE_MODULES, "filter", keys.STAGE_MODULES["filter"] + ("selffeed.loop",))
-    assert keys.code_version("filter") != before
-    keys.code_version.cache_clear()
-
-
 def test_round_artifacts_and_status(tmp_path, rec, capsys):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 

@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 
 from selffeed import experiment as ex
-from selffeed.config import ConfigError, load_config
+from selffeed.config import ConfigError, LoopConfig, load_config
+from selffeed.filters import apply_filters
+from selffeed.labels import oracle_kept, with_views
 from selffeed.layout import ExperimentLayout
 from selffeed.plots import figure_pixels
+from selffeed.recipes import recipe_for
 from selffeed.recipes.arithmetic import encode, true_completion
-from selffeed.labels import oracle_kept
 from tests.conftest import tiny_run_config
 
 CONFIG = "data/configs/arithmetic.yaml"
@@ -34,6 +36,53 @@ def test_arms_share_rounds_and_steps_and_differ_only_in_data():
     assert not by["unfiltered"].filter.vote and by["unfiltered"].sample.k == 1
     assert by["oracle"].filter.oracle and by["oracle"].sample.k == 1
     assert cfg.name == "arith-demo" and cfg.loop.patience == 1  # the input is not changed
+    strict = load_config(CONFIG, ["filter.label_free=true"])  # the oracle arm is a control: labels by design
+    assert ex.arm_config(strict, "oracle", 0).filter.oracle and ex.arm_config(strict, "unfiltered", 0).filter.label_free
+
+
+def test_every_arm_samples_the_same_prompts_and_views():
+    cfg = load_config(CONFIG)
+    assert cfg.filter.views and cfg.arithmetic.offset_views == 2  # the demo asks each prompt six ways
+    pool = pd.DataFrame({"prompt_id": [0, 1], "prompt": [encode(123, 45, 3), encode(608, 71, 3)], "difficulty": 3})
+    sampled = {}
+    for arm in ("self", "unfiltered", "oracle"):
+        c = ex.arm_config(cfg, arm, 0)
+        recipe = recipe_for(c)
+        # What stages.sample asks the model: the round's pool slice, with every view when filter.views is on.
+        assert (c.arithmetic, c.curriculum, c.filter.views) == (cfg.arithmetic, cfg.curriculum, True)
+        sampled[arm] = with_views(pool, recipe.views)[["prompt_id", "prompt"]].values.tolist()
+    assert len(sampled["self"]) == 12 and sampled["unfiltered"] == sampled["oracle"] == sampled["self"]
+
+
+def _view_samples(cfg, k: int) -> pd.DataFrame:
+    """k sampled answers, all wrong but the first of prompt 0's own view, for each view of two prompts."""
+    pool = pd.DataFrame({"prompt_id": [0, 1], "prompt": [encode(12, 34, 2), encode(5, 7, 2)], "difficulty": 2})
+    views = with_views(pool, recipe_for(cfg).views)
+    rows = views.loc[views.index.repeat(k)].reset_index(drop=True)
+    rows["sample_idx"] = rows["view"] * k + rows.groupby(["prompt_id", "view"]).cumcount()
+    rows["completion"] = rows["answer"] = "999"
+    rows.loc[0, ["completion", "answer"]] = true_completion(rows.loc[0, "prompt"], 2)
+    return rows
+
+
+def test_oracle_labels_every_prompt_and_view_with_its_own_true_answer(tmp_path):
+    cfg = tiny_run_config(tmp_path, **{"filter.oracle": "true", "filter.views": "true", "arithmetic.offset_views": 1})
+    samples = _view_samples(cfg, k=2)
+    kept = oracle_kept(cfg, samples)
+    pairs = samples[["prompt_id", "prompt"]].drop_duplicates()
+    assert kept[["prompt_id", "prompt"]].values.tolist() == pairs.values.tolist() and len(kept) == 8  # 4 views each
+    assert list(kept["completion"]) == [true_completion(p, 2) for p in kept["prompt"]]
+    assert list(kept["answer"]) == list(kept["completion"]) and set(kept["passed"]) == {"oracle"}
+    assert list(kept["votes"]) == [1] + [0] * 7 and list(kept["agreement"]) == pytest.approx([0.5] + [0.0] * 7)
+
+
+def test_unfiltered_arm_keeps_one_raw_answer_of_every_prompt_and_view(tmp_path):
+    cfg = ex.arm_config(tiny_run_config(tmp_path, **{"filter.views": "true", "arithmetic.offset_views": 1}),
+                        "unfiltered", 0)
+    samples = _view_samples(cfg, k=cfg.sample.k)
+    kept = apply_filters(samples, cfg.filter)
+    cols = ["prompt_id", "prompt", "answer"]
+    assert kept[cols].values.tolist() == samples[cols].values.tolist()  # no vote, no mapping between views
 
 
 def test_summarizing_an_experiment_that_never_ran_names_the_missing_run(tmp_path):
@@ -52,7 +101,7 @@ def test_bad_arms_and_an_oracle_without_truth_are_one_line_errors(tmp_path):
         ex.arm_config(cfg, "oracle", 0)
 
 
-def test_oracle_keeps_one_true_label_per_prompt(tmp_path):
+def test_oracle_keeps_one_true_label_per_prompt_without_views(tmp_path):
     cfg = tiny_run_config(tmp_path, **{"filter.oracle": "true"})
     prompts = [encode(12, 34, 2), encode(5, 7, 2)]
     samples = pd.DataFrame({
@@ -124,6 +173,40 @@ def test_summary_means_sds_gap_closure_and_precision():
     text = "\n".join(ex.findings(s))
     assert "gap closure on 3 at the final round: 0.62 ± 0.18" in text and "self ahead in 2/2 seeds" in text
     assert "0.750 ± 0.071" in ex.final_table(s)
+
+
+def _figures(a3: float) -> dict:
+    return {"accuracy_by_difficulty": {"2": 1.0, "3": a3}, "accuracy": (1 + a3) / 2, "accuracy_hardest": a3}
+
+
+def _split_round(r: int, val3: float, test3: float, kept: int | None = None, prompts: int | None = None) -> dict:
+    """A round of the new layout: validation figures at the top level, test figures under "test"."""
+    m = {"round": r, **_figures(val3), "test": _figures(test3)}
+    return {**m, "kept": kept, "kept_prompts": prompts} if r else m
+
+
+def test_summary_reports_test_figures_and_picks_the_best_round_on_validation():
+    # self: validation peaks at round 1 (test .6), test peaks at round 2 (validation .7).
+    self_ = [_split_round(0, 0.5, 0.4), _split_round(1, 0.9, 0.6, 60, 10), _split_round(2, 0.7, 0.8, 120, 20)]
+    flat = [_split_round(r, 0.5, 0.4) for r in range(3)]
+    oracle = [_split_round(0, 0.5, 0.4), _split_round(1, 1.0, 1.0, 60, 10), _split_round(2, 1.0, 0.9, 120, 20)]
+    s = ex.summarize({"self": {0: self_}, "seed_only": {0: flat}, "oracle": {0: oracle}}, "demo")
+    rounds = s["per_arm"]["self"]["rounds"]
+    assert [r["accuracy"]["3"]["mean"] for r in rounds] == [0.4, 0.6, 0.8]  # test, not validation
+    assert [(r["kept"]["mean"], r["prompts"]["mean"]) for r in rounds[1:]] == [(60, 10), (120, 20)]
+    assert s["per_arm"]["self"]["best_round"] == {0: 1} and s["per_arm"]["self"]["best"] == {0: pytest.approx(0.6)}
+    assert s["per_arm"]["oracle"]["best_round"] == {0: 1}  # validation ties go to the earlier round
+    assert s["gap_closure"]["best"]["per_seed"] == {0: pytest.approx((0.6 - 0.4) / (1.0 - 0.4))}
+    assert s["gap_closure"]["final"]["per_seed"] == {0: pytest.approx((0.8 - 0.4) / (0.9 - 0.4))}
+    table = ex.arm_table(s, "self")
+    assert table.splitlines()[0].split()[:4] == ["round", "kept", "prompts", "precision"]
+    assert table.splitlines()[2].split()[:3] == ["1", "60", "10"]
+
+
+def test_the_best_round_follows_the_loop_rule():
+    h = [_split_round(0, 0.50, 0.4), _split_round(1, 0.55, 0.9)]
+    s = ex.summarize({"self": {0: h}}, "demo", LoopConfig(metric="accuracy_hardest", min_delta=0.1))
+    assert s["per_arm"]["self"]["best_round"] == {0: 0} and s["per_arm"]["self"]["best"] == {0: 0.4}
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

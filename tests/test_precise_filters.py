@@ -115,7 +115,7 @@ def test_curriculum_restricts_the_round_pool(tmp_path):
 
     cfg = tiny_run_config(
         tmp_path, **{"arithmetic.pool_digits": "[1, 2]", "arithmetic.pool_per_round": 20, "arithmetic.test_digits": "[1, 2]",
-                     "curriculum.mode": "next"}
+                     "arithmetic.test_per_digits": 20, "arithmetic.val_per_digits": 10, "curriculum.mode": "next"}
     )
     data = stages.prepare(cfg)
     pool = schema.read(data.path("pool"), schema.POOL)

@@ -88,7 +88,7 @@ def check_corpora(lay: RunLayout, k: int, n_seed: int, n_pool: int, n_test: int,
 def check_metrics(lay: RunLayout, record: dict, name: str, upper: float) -> None:
     for r in (0, 1):
         m = read_json(lay.metrics(r))
-        assert 0.0 <= m[name] <= upper and m["n_scored"] == m["n_test"]
+        assert 0.0 <= m[name] <= upper and m["n_scored"] == m["n_rows"]
         assert math.isfinite(m["loss"]) and m["perplexity"] == pytest.approx(math.exp(m["loss"]))
         assert "accuracy" not in m
     assert record["metric"] == name and record["best_round"] in (0, 1)

@@ -14,7 +14,7 @@ from selffeed.config import ConfigError, load_config
 from selffeed.examples import write_examples
 from selffeed.model import char_tokenizer, save_checkpoint, tiny_gpt2
 from selffeed.recipes import recipe_for
-from selffeed.recipes.prompts import DataError, chars_of
+from selffeed.recipes.prompts import DataError, chars_of, make_splits
 
 ROWS = [
     {"q": f"what is {i}?", "a": str(i), "sol": f"it is {i}" if i < 4 else None, "part": "test" if i >= 8 else "train"}
@@ -45,9 +45,11 @@ def test_every_format_gives_the_same_splits(tmp_path, fmt):
     else:
         Dataset.from_pandas(df).save_to_disk(str(path))
     got = splits(cfg_for(tmp_path, path, "prompts.split_column=part", "prompts.validation_value=test",
-                         "prompts.template=\"Q: {prompt} ({part})\\nA:\""))
-    assert got["test"]["prompt"].tolist() == ["Q: what is 8? (test)\nA:", "Q: what is 9? (test)\nA:"]
-    assert got["test"]["reference"].tolist() == ["8", "9"] and got["test"]["completion"].tolist() == ["8", "9"]
+                         "prompts.test_value=none", "prompts.template=\"Q: {prompt} ({part})\\nA:\""))
+    held = pd.concat([got["val"], got["test"]]).sort_values("prompt")  # no "none" rows: half of them are test
+    assert len(got["val"]) == len(got["test"]) == 1
+    assert held["prompt"].tolist() == ["Q: what is 8? (test)\nA:", "Q: what is 9? (test)\nA:"]
+    assert held["reference"].tolist() == ["8", "9"] and held["completion"].tolist() == ["8", "9"]
     assert got["seed"]["completion"].tolist() == [f"it is {i}" for i in range(4)]
     assert got["pool"]["reference"].tolist() == ["4", "5", "6", "7"]
     assert got["pool"]["prompt_id"].tolist() == [0, 1, 2, 3] and set(got["pool"]["slice"]) == {0}
@@ -58,31 +60,35 @@ def test_datasetdict_splits_become_a_split_column(tmp_path):
     DatasetDict({"train": Dataset.from_pandas(df[:8]), "validation": Dataset.from_pandas(df[8:])}).save_to_disk(
         str(tmp_path / "dd"))
     got = splits(cfg_for(tmp_path, tmp_path / "dd", "prompts.split_column=split"))
-    assert got["test"]["reference"].tolist() == ["8", "9"] and len(got["seed"]) == 4
+    # No "test" rows: a seeded half of the validation rows is the test split.
+    assert sorted(got["val"]["reference"].tolist() + got["test"]["reference"].tolist()) == ["8", "9"]
+    assert len(got["val"]) == len(got["test"]) == 1 and len(got["seed"]) == 4
 
 
 def test_fraction_split_draws_validation_from_rows_with_a_reference(tmp_path):
     rows = [dict(r, a=None) if i in (5, 6) else r for i, r in enumerate(ROWS)]
     pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
-    cfg = cfg_for(tmp_path, tmp_path / "d.parquet", "prompts.validation_fraction=0.25")
+    cfg = cfg_for(tmp_path, tmp_path / "d.parquet", "prompts.validation_fraction=0.25", "prompts.test_fraction=0.125")
     got = splits(cfg)
-    assert len(got["test"]) == 2 and got["test"]["reference"].notna().all()  # 25% of the 8 rows with one
+    assert (len(got["val"]), len(got["test"])) == (2, 1)  # 25% and 12.5% of the 8 rows with a reference
+    assert got["val"]["reference"].notna().all() and got["test"]["reference"].notna().all()
     assert got["pool"]["reference"].isna().sum() == 2  # documented: these are left to the vote
-    assert splits(cfg)["test"].equals(got["test"])  # seeded, so repeatable
-    assert sorted(pd.concat([got["seed"], got["pool"], got["test"]])["prompt"]) == sorted(r["q"] for r in rows)
+    assert splits(cfg)["test"].equals(got["test"]) and splits(cfg)["val"].equals(got["val"])  # seeded, so repeatable
+    every = pd.concat([got["seed"], got["pool"], got["val"], got["test"]])["prompt"]
+    assert sorted(every) == sorted(r["q"] for r in rows)
 
 
 def test_references_serve_as_completions_and_vice_versa(tmp_path):
     rows = [dict(r, a=None) if i in (5, 6) else r for i, r in enumerate(ROWS)]
     pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
-    split = ["prompts.split_column=part", "prompts.validation_value=test"]
+    split = ["prompts.split_column=part", "prompts.validation_value=test", "prompts.test_value=none"]
     # No completion column: training rows with a reference are the seed, the rest the pool.
     got = splits(cfg_for(tmp_path, tmp_path / "d.parquet", "prompts.completion_column=null", *split))
     assert got["seed"]["completion"].tolist() == ["0", "1", "2", "3", "4", "7"]
     assert got["pool"]["prompt"].tolist() == ["what is 5?", "what is 6?"] and got["pool"]["reference"].isna().all()
     # No reference column: completions are the references.
     got = splits(cfg_for(tmp_path, tmp_path / "d.parquet", "prompts.reference_column=null", "prompts.validation_fraction=0.5"))
-    assert got["test"]["reference"].tolist() == got["test"]["completion"].tolist() and len(got["test"]) == 2
+    assert got["test"]["reference"].tolist() == got["test"]["completion"].tolist() and len(got["val"]) == 2
     with pytest.raises(DataError, match="every training row has a completion, so the pool of prompts is empty"):
         splits(cfg_for(tmp_path, tmp_path / "d.parquet", "prompts.completion_column=q", *split))
 
@@ -128,9 +134,12 @@ def test_tiny_tokenizer_alphabet_comes_from_the_data(tmp_path):
         (lambda p: pd.DataFrame([dict(r, q="  ") if i == 3 else r for i, r in enumerate(ROWS)]).to_parquet(p / "d.parquet"),
          [], "1 row(s) have an empty 'q' (first: row 3)"),
         (lambda p: pd.DataFrame(ROWS).assign(a=None).to_parquet(p / "d.parquet"), [],
-         "no row has a reference, so nothing can be validated"),
+         "fewer than 2 rows have a reference, so no validation and test split can be held out"),
         (lambda p: pd.DataFrame(ROWS).assign(a=lambda d: d["a"].where(d.index < 9)).to_parquet(p / "d.parquet"),
-         ["prompts.split_column=part", "prompts.validation_value=test"], "1 validation row(s) have no reference (first: row 9)"),
+         ["prompts.split_column=part", "prompts.validation_value=test", "prompts.test_value=none"],
+         "1 held-out row(s) have no reference (first: row 9)"),
+        (lambda p: pd.DataFrame(ROWS).to_parquet(p / "d.parquet"),
+         ["prompts.split_column=part", "prompts.validation_value=test"], "must not be the one reported"),
         (lambda p: pd.DataFrame(ROWS).to_parquet(p / "d.parquet"), ["prompts.split_column=part"],
          "no row has part == 'validation'"),
         (lambda p: pd.DataFrame(ROWS).assign(sol=None).to_parquet(p / "d.parquet"), [], "no labelled seed"),
@@ -157,6 +166,23 @@ def test_preflight_names_a_bad_scorer(tmp_path):
         with pytest.raises(ConfigError) as err:
             preflight(cfg_for(tmp_path, tmp_path / "d.parquet", f"prompts.scorer={spec}"))
         assert fragment in str(err.value) and spec in str(err.value) and "\n" not in str(err.value)
+
+
+def test_label_free_refuses_a_reference_in_the_pool_naming_file_and_column(tmp_path):
+    # Rows 4-7 (no solution) are the pool; 8 and 9 are held out.
+    rows = [dict(r, part="validation" if i == 8 else r["part"]) for i, r in enumerate(ROWS)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    cfg = cfg_for(tmp_path, tmp_path / "d.parquet", "prompts.split_column=part", "filter.label_free=true")
+    with pytest.raises(DataError) as err:
+        make_splits(cfg.prompts, cfg.seed, label_free=True)
+    msg = str(err.value)
+    assert msg == (f"prompts.data '{tmp_path / 'd.parquet'}': 4 pool row(s) have a reference in column 'a' "
+                   "(first: row 4); filter.label_free refuses them (empty them, or turn it off)")
+    assert make_splits(cfg.prompts, cfg.seed)["pool"]["reference"].notna().all()  # off: the score filters may use them
+    stripped = [dict(r, a=None) if 4 <= i < 8 else r for i, r in enumerate(rows)]
+    pd.DataFrame(stripped).to_parquet(tmp_path / "d.parquet")
+    got = make_splits(cfg.prompts, cfg.seed, label_free=True)
+    assert len(got["pool"]) == 4 and got["pool"]["reference"].isna().all()
 
 
 def test_config_rules():

@@ -20,7 +20,8 @@ from selffeed.report import round_table
 
 DOCS = [f"Doc {i} starts here and then goes on for a while." for i in range(12)]
 SMALL = [
-    "threads=1", "text.demo_docs=60", "text.validation_docs=10", "text.prompts_per_round=4", "text.pool_slices=1",
+    "threads=1", "text.demo_docs=60", "text.validation_docs=10", "text.test_docs=10", "text.prompts_per_round=4",
+    "text.pool_slices=1",
     "text.max_new_tokens=12", "text.diversity_prompts=4", "sample.k=2", "model.n_embd=16", "model.n_layer=1",
     "model.n_head=2", "model.n_inner=32", "model.n_positions=80", "finetune.steps=4", "finetune.batch_size=8",
     "finetune.warmup_steps=1", "finetune.progress=false", "retrain.steps=2", "retrain.batch_size=8",
@@ -62,11 +63,13 @@ def test_every_corpus_format_reads_the_same_documents(tmp_path, fmt):
 def test_splits_from_a_corpus_and_a_prompt_file(tmp_path):
     path, _ = write_corpus(tmp_path, "txt")
     (tmp_path / "p.txt").write_text("Once upon a time\n\nIn a land\n")
-    cfg = load_config(None, ["recipe=text", f"text.data={path}", "text.validation_docs=3", "text.prompt_words=3",
+    cfg = load_config(None, ["recipe=text", f"text.data={path}", "text.validation_docs=3", "text.test_docs=3",
+                             "text.prompt_words=3",
                              f"text.prompts={tmp_path / 'p.txt'}", "text.prompts_per_round=3", "text.pool_slices=2"])
     s = recipe_for(cfg).make_splits(cfg.seed)
-    assert len(s["test"]) == 3 and len(s["seed"]) == 9
-    assert set(s["test"]["prompt"] + s["test"]["completion"]).isdisjoint(s["seed"]["prompt"] + s["seed"]["completion"])
+    assert len(s["val"]) == 3 and len(s["test"]) == 3 and len(s["seed"]) == 6
+    held = set(s["val"]["prompt"] + s["val"]["completion"]) | set(s["test"]["prompt"] + s["test"]["completion"])
+    assert len(held) == 6 and held.isdisjoint(s["seed"]["prompt"] + s["seed"]["completion"])
     assert all(p.startswith("Doc ") and c.startswith(" here and then") for p, c in zip(s["seed"]["prompt"], s["seed"]["completion"]))
     assert s["pool"]["prompt"].tolist() == ["Once upon a time", "In a land"] * 3
     assert s["pool"]["slice"].tolist() == [0, 0, 0, 1, 1, 1]

@@ -23,7 +23,7 @@ class Recipe:
     chars: str | None
     """Alphabet of the tiny default tokenizer; None: the characters of the prepared data."""
     make_splits: Callable[[int], dict[str, pd.DataFrame]]
-    """seed -> {'seed', 'pool', 'test'} frames."""
+    """seed -> {'seed', 'pool', 'val', 'test'} frames (and 'gold' for an audit gold set)."""
     parse_answer: Callable[[str], str | None]
     """Completion -> answer used by the vote, or None when malformed. Never sees the truth."""
     true_completion: Callable[[str], str] | None
@@ -63,7 +63,10 @@ def recipe_for(cfg: RunConfig) -> Recipe:
         return Recipe(
             name="prompts",
             chars=None,
-            make_splits=partial(prompts.make_splits, p, tokenizer_path=cfg.model.path),
+            # Read model.path only when splitting (prepare), the one stage whose output depends on it.
+            make_splits=lambda seed: prompts.make_splits(
+                p, seed, tokenizer_path=cfg.model.path, label_free=cfg.filter.label_free
+            ),
             parse_answer=partial(prompts.parse_answer, answer=p.answer),
             true_completion=None,
             max_new_tokens=p.max_new_tokens,

@@ -159,10 +159,11 @@ def _problems(
 
 
 def make_splits(cfg: ArithmeticConfig, seed: int) -> dict[str, pd.DataFrame]:
-    """Disjoint ``seed`` (labelled), ``pool`` (unlabelled) and ``test`` (held-out, labelled) frames.
+    """Disjoint ``seed`` (labelled), ``pool`` (unlabelled), ``val`` and ``test`` (held-out, labelled) frames.
 
     ``pool`` has ``pool_per_round * pool_slices`` prompts per difficulty of ``pool_digits`` and a
-    ``slice`` column (0..pool_slices-1 within each difficulty).
+    ``slice`` column (0..pool_slices-1 within each difficulty). ``val`` is drawn last, so adding it
+    left the other splits' draws as they were.
     """
     rng = random.Random(seed)
     taken: set[str] = set()
@@ -173,10 +174,11 @@ def make_splits(cfg: ArithmeticConfig, seed: int) -> dict[str, pd.DataFrame]:
     per = cfg.pool_per_round * cfg.pool_slices
     pool = _problems(rng, cfg.pool_digits, per * len(cfg.pool_digits), cfg.width, taken, "pool_digits")
     pool["slice"] = pool.groupby("difficulty").cumcount() // cfg.pool_per_round
-    for df in (test, seed_df):
+    val = _problems(rng, cfg.test_digits, cfg.val_per_digits * len(cfg.test_digits), cfg.width, taken, "val_per_digits")
+    for df in (test, val, seed_df):
         df["completion"] = [true_completion(p, cfg.width) for p in df["prompt"]]
     pool.insert(0, "prompt_id", range(len(pool)))
-    return {"seed": seed_df, "pool": pool, "test": test}
+    return {"seed": seed_df, "pool": pool, "val": val, "test": test}
 
 
 def max_new_tokens(cfg: ArithmeticConfig) -> int:

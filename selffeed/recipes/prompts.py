@@ -1,12 +1,15 @@
 """The generic ``prompts`` recipe: any prompt file, any scorer, configured in YAML (``prompts:`` section).
 
 Rows come from Parquet, JSONL, CSV or a ``datasets`` ``save_to_disk`` directory; ``prompts.*_column``
-map the columns. Held-out validation rows are picked by ``split_column`` or, without one, as a seeded
-``validation_fraction`` of the rows that have a reference. Of the remaining (training) rows, those
+map the columns. Held-out validation rows (they pick the best round) and test rows (only reported) are
+picked by ``split_column`` or, without one, as seeded ``validation_fraction`` and ``test_fraction`` shares
+of the rows that have a reference. Of the remaining (training) rows, those
 with a completion form the labelled seed and the others the unlabelled pool. Without a
 ``completion_column`` the references serve as completions (seed = training rows with a reference);
-without a ``reference_column`` the completions serve as references. Pool rows without a reference
-cannot be scored by a built-in scorer, so only the self-consistency vote can keep them.
+without a ``reference_column`` the completions serve as references. Pool rows with a reference are
+judged by the score filters against it (supervised rejection sampling: true labels, counted by
+:func:`selffeed.labels.labels_used`; ``filter.label_free`` refuses them). Pool rows without one cannot
+be scored by a built-in scorer, so only the self-consistency vote can keep them.
 
 Every prompt is ``template.format(**row)``, wrapped in the tokenizer's chat template when the model
 at ``model.path`` has one. Bad data raises :class:`DataError` with one line naming the file and column.
@@ -117,25 +120,43 @@ def load_rows(cfg: PromptsConfig, tokenizer_path: str | None = None) -> pd.DataF
     return pd.DataFrame({"prompt": prompts, "completion": completion, "reference": reference, "split": split})
 
 
-def make_splits(cfg: PromptsConfig, seed: int, tokenizer_path: str | None = None) -> dict[str, pd.DataFrame]:
-    """``seed`` (labelled), ``pool`` (unlabelled, with references where known) and ``test`` frames."""
+def make_splits(
+    cfg: PromptsConfig, seed: int, tokenizer_path: str | None = None, label_free: bool = False
+) -> dict[str, pd.DataFrame]:
+    """``seed`` (labelled), ``pool`` (unlabelled, with references where known), ``val`` and ``test`` frames.
+
+    With ``label_free`` (``filter.label_free``) a pool row with a reference is an error: a reference in
+    the pool is a true label within reach of the filters."""
     rows = load_rows(cfg, tokenizer_path)
     where = f"prompts.data '{cfg.data}'"
     has_ref = rows["reference"].notna()
     if cfg.split_column:
-        held = rows["split"].eq(cfg.validation_value)
-        if not held.any():
+        if cfg.validation_value == cfg.test_value:
+            raise DataError(f"{where}: prompts.validation_value and prompts.test_value are both '{cfg.test_value}'; "
+                            "the split that picks the best round must not be the one reported")
+        is_val, is_test = rows["split"].eq(cfg.validation_value), rows["split"].eq(cfg.test_value)
+        if not is_val.any():
             raise DataError(f"{where}: no row has {cfg.split_column} == '{cfg.validation_value}' (prompts.validation_value)")
-        unscored = rows.index[held & ~has_ref].tolist()
+        unscored = rows.index[(is_val | is_test) & ~has_ref].tolist()
         if unscored:
-            raise DataError(f"{where}: {len(unscored)} validation row(s) have no reference (first: row {unscored[0]})")
+            raise DataError(f"{where}: {len(unscored)} held-out row(s) have no reference (first: row {unscored[0]})")
+        val_rows, test_rows = rows.index[is_val].tolist(), rows.index[is_test].tolist()
+        if not test_rows:  # no test rows marked: a seeded half of the validation rows is the test split
+            if len(val_rows) < 2:
+                raise DataError(f"{where}: needs 2 or more '{cfg.validation_value}' rows to hold out both a "
+                                f"validation and a test split (or rows with {cfg.split_column} == '{cfg.test_value}')")
+            random.Random(seed).shuffle(val_rows)
+            test_rows, val_rows = val_rows[: len(val_rows) // 2], val_rows[len(val_rows) // 2 :]
     else:
         candidates = rows.index[has_ref].tolist()
-        if not candidates:
-            raise DataError(f"{where}: no row has a reference, so nothing can be validated (prompts.reference_column)")
+        if len(candidates) < 2:
+            raise DataError(f"{where}: fewer than 2 rows have a reference, so no validation and test split can be "
+                            "held out (prompts.reference_column)")
         random.Random(seed).shuffle(candidates)
-        n = max(1, round(cfg.validation_fraction * len(candidates)))
-        held = rows.index.isin(candidates[:n])
+        n_val = max(1, round(cfg.validation_fraction * len(candidates)))
+        n_test = max(1, round(cfg.test_fraction * len(candidates)))
+        val_rows, test_rows = candidates[:n_val], candidates[n_val : n_val + n_test]
+    held = rows.index.isin(val_rows + test_rows)
     train = rows[~held]
     labelled = train["completion"].notna()
     seed_df = train[labelled]
@@ -144,7 +165,12 @@ def make_splits(cfg: PromptsConfig, seed: int, tokenizer_path: str | None = None
         raise DataError(f"{where}: no training row has a completion, so there is no labelled seed")
     if pool.empty:
         raise DataError(f"{where}: every training row has a completion, so the pool of prompts is empty")
-    test = rows[held].assign(completion=lambda d: d["completion"].fillna(d["reference"]))
+    referenced = train.index[~labelled & train["reference"].notna()].tolist()
+    if label_free and referenced:
+        raise DataError(f"{where}: {len(referenced)} pool row(s) have a reference in column '{cfg.reference_column}' "
+                        f"(first: row {referenced[0]}); filter.label_free refuses them (empty them, or turn it off)")
+    labelled_held = rows.assign(completion=rows["completion"].fillna(rows["reference"]))
+    val, test = labelled_held.loc[sorted(val_rows)], labelled_held.loc[sorted(test_rows)]
     cols = ["prompt", "completion", "reference"]
     gold = _gold(cfg, tokenizer_path)
     if gold is not None:  # gold prompts are sampled and filtered like any other, their answers hidden
@@ -155,6 +181,7 @@ def make_splits(cfg: PromptsConfig, seed: int, tokenizer_path: str | None = None
     splits = {
         "seed": seed_df[cols].assign(difficulty=0).reset_index(drop=True),
         "pool": pool.assign(difficulty=0),
+        "val": val[cols].assign(difficulty=0).reset_index(drop=True),
         "test": test[cols].assign(difficulty=0).reset_index(drop=True),
     }
     if gold is not None:
@@ -186,8 +213,8 @@ def chars_of(*frames: pd.DataFrame) -> str:
 def longest_sequence(splits: dict[str, pd.DataFrame], max_new_tokens: int) -> int:
     """Characters in the longest training/validation sequence or pool prompt plus a sampled completion,
     EOS included (the tiny default tokenizer has one token per character)."""
-    labelled = [len(p) + len(c) + 1 for df in (splits["seed"], splits["test"]) for p, c in zip(df["prompt"], df["completion"])]
-    sampled = [len(p) + max_new_tokens for df in (splits["pool"], splits["test"]) for p in df["prompt"]]
+    labelled = [len(p) + len(c) + 1 for df in (splits["seed"], splits["val"], splits["test"]) for p, c in zip(df["prompt"], df["completion"])]
+    sampled = [len(p) + max_new_tokens for df in (splits["pool"], splits["val"], splits["test"]) for p in df["prompt"]]
     return max(labelled + sampled)
 
 

@@ -8,8 +8,8 @@ generated stories are well-formed.
 
 Every document becomes a training row: the prompt is its first ``text.prompt_words`` words and the
 completion the rest (leading space included), so the loss covers what a continuation must produce.
-The documents are shuffled with the seed and split into ``test`` (held-out perplexity and the
-prompts of the diversity check), prompt documents (the pool: their first words, unless
+The documents are shuffled with the seed and split into ``val`` and ``test`` (held-out perplexity and
+the prompts of the diversity check; ``val`` picks the best round, ``test`` is only reported), prompt documents (the pool: their first words, unless
 ``text.prompts`` names a file of prompts, one per line), and the real training corpus (``seed``).
 
 The tiny default model uses a word-level tokenizer over the corpus (:func:`word_tokenizer`): words and
@@ -94,19 +94,21 @@ def read_prompts(path: str) -> list[str]:
 
 
 def make_splits(cfg: TextConfig, seed: int) -> dict[str, pd.DataFrame]:
-    """``seed`` (real corpus rows), ``pool`` (prompts, with a ``slice`` column) and ``test`` frames."""
+    """``seed`` (real corpus rows), ``pool`` (prompts, with a ``slice`` column), ``val`` and ``test`` frames."""
     docs = read_documents(cfg) if cfg.data else stories.corpus(cfg.demo_docs, seed)
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     docs = [docs[i] for i in order]
     n_prompts = 0 if cfg.prompts else cfg.prompts_per_round * cfg.pool_slices
     where = f"text.data '{cfg.data}'" if cfg.data else "text.demo_docs"
-    if len(docs) < cfg.validation_docs + n_prompts + 1:
-        raise DataError(f"{where}: {len(docs)} documents, fewer than text.validation_docs + the prompt documents "
-                        f"(text.prompts_per_round x text.pool_slices = {n_prompts}) + 1 for training")
-    test = _rows(docs[: cfg.validation_docs], cfg.prompt_words)
-    held = docs[cfg.validation_docs : cfg.validation_docs + n_prompts]
-    train = _rows(docs[cfg.validation_docs + n_prompts :], cfg.prompt_words)
+    n_held = cfg.validation_docs + cfg.test_docs
+    if len(docs) < n_held + n_prompts + 1:
+        raise DataError(f"{where}: {len(docs)} documents, fewer than text.validation_docs + text.test_docs + the prompt "
+                        f"documents (text.prompts_per_round x text.pool_slices = {n_prompts}) + 1 for training")
+    val = _rows(docs[: cfg.validation_docs], cfg.prompt_words)
+    test = _rows(docs[cfg.validation_docs : n_held], cfg.prompt_words)
+    held = docs[n_held : n_held + n_prompts]
+    train = _rows(docs[n_held + n_prompts :], cfg.prompt_words)
     if cfg.prompts:
         prompts = read_prompts(cfg.prompts)
         per = [prompts[i % len(prompts)] for i in range(cfg.prompts_per_round * cfg.pool_slices)]
@@ -116,9 +118,9 @@ def make_splits(cfg: TextConfig, seed: int) -> dict[str, pd.DataFrame]:
         "prompt_id": range(len(per)), "prompt": per, "difficulty": 0,
         "slice": [i // cfg.prompts_per_round for i in range(len(per))],
     })
-    if train.empty or test.empty:
+    if train.empty or val.empty or test.empty:
         raise DataError(f"{where}: no document is longer than text.prompt_words={cfg.prompt_words} words")
-    return {"seed": train, "pool": pool, "test": test}
+    return {"seed": train, "pool": pool, "val": val, "test": test}
 
 
 def word_tokenizer(*frames: pd.DataFrame) -> PreTrainedTokenizerFast:
@@ -150,8 +152,8 @@ def longest_tokens(splits: dict[str, pd.DataFrame], cfg: TextConfig) -> int:
     """Tokens of the tiny default model (``cfg.tokenizer``) in the longest training or held-out document
     plus EOS, or pool prompt plus ``cfg.max_new_tokens``."""
     count = (lambda t: len(re.findall(PIECES, t))) if cfg.tokenizer == "word" else len
-    docs = [count(p + c) + 1 for df in (splits["seed"], splits["test"]) for p, c in zip(df["prompt"], df["completion"])]
-    prompts = [count(p) + cfg.max_new_tokens for df in (splits["pool"], splits["test"]) for p in df["prompt"]]
+    docs = [count(p + c) + 1 for df in (splits["seed"], splits["val"], splits["test"]) for p, c in zip(df["prompt"], df["completion"])]
+    prompts = [count(p) + cfg.max_new_tokens for df in (splits["pool"], splits["val"], splits["test"]) for p in df["prompt"]]
     return max(docs + prompts)
 
 
