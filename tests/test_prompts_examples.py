@@ -64,9 +64,13 @@ def one_round(tmp_path, name: str, *extra: str):
     return cfg, RunLayout.of(cfg.runs_dir, cfg.name), record
 
 
-def check_corpora(lay: RunLayout, k: int, n_seed: int, n_pool: int, n_test: int, scorer) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Splits and samples on disk as declared; kept scores equal the reference implementation's."""
-    for split, n in (("seed", n_seed), ("pool", n_pool), ("test", n_test)):
+def check_corpora(
+    lay: RunLayout, k: int, n_seed: int, n_pool: int, n_held: tuple[int, int], scorer
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Splits (``n_held``: validation and test rows) and samples on disk as declared; kept scores equal the
+    reference implementation's."""
+    n_val, n_test = n_held
+    for split, n in (("seed", n_seed), ("pool", n_pool), ("val", n_val), ("test", n_test)):
         assert len(pd.read_parquet(lay.split(split))) == n, split
     pool = schema.read(lay.split("pool"), schema.POOL)
     samples = schema.read(lay.samples(1), schema.SAMPLES)
@@ -95,13 +99,13 @@ def check_metrics(lay: RunLayout, record: dict, name: str, upper: float) -> None
     # The CLI's table and `selffeed status` show the scored metric.
     table = round_table(runs.read_history(lay))
     assert table.splitlines()[0].split()[:6] == ["round", "train", "kept", "kept_score", name, "loss"]
-    assert f"{name} {read_json(lay.metrics(1))[name]:.3f}" in format_status(run_status(lay.root))
+    assert f"{name} {read_json(lay.metrics(1))['test'][name]:.3f}" in format_status(run_status(lay.root))  # test figures
     assert read_json(lay.metrics(1))["kept"] == len(schema.read(lay.kept(1), schema.KEPT))
 
 
 def test_translation_round_with_chrf_best_of_k(tmp_path):
     cfg, lay, record = one_round(tmp_path, "translation", "filter.min_score=0")
-    samples, kept = check_corpora(lay, 4, 18, 18, 12, chrf_ref)
+    samples, kept = check_corpora(lay, 4, 18, 18, (6, 6), chrf_ref)
     # Best of k: exactly one row per prompt, the one with the highest chrF among its samples.
     assert sorted(kept["prompt_id"]) == sorted(samples["prompt_id"].unique())
     scores = [chrf_ref(c, r) for c, r in zip(samples["completion"], samples["reference"])]
@@ -116,7 +120,7 @@ def test_translation_round_with_chrf_best_of_k(tmp_path):
 def test_summarization_round_with_rouge_l(tmp_path):
     cfg, lay, record = one_round(tmp_path, "summarization")
     assert cfg.filter.min_score == 0.5 and cfg.filter.best_of_k
-    samples, kept = check_corpora(lay, 4, 20, 18, 10, rouge_ref)
+    samples, kept = check_corpora(lay, 4, 20, 18, (5, 5), rouge_ref)
     assert (kept["score"] >= 0.5).all() and kept["prompt_id"].is_unique
     scores = pd.Series([rouge_ref(c, r) for c, r in zip(samples["completion"], samples["reference"])])
     n_prompts_over = samples.assign(s=scores).groupby("prompt_id")["s"].max().ge(0.5).sum()
@@ -126,7 +130,7 @@ def test_summarization_round_with_rouge_l(tmp_path):
 
 def test_qa_round_with_answer_extraction_and_vote(tmp_path):
     cfg, lay, record = one_round(tmp_path, "qa")
-    samples, kept = check_corpora(lay, 4, 23, 27, 10, final_ref)
+    samples, kept = check_corpora(lay, 4, 18, 22, (10, 10), final_ref)
     assert samples["reference"].isna().sum() == 10 * 4  # the 10 prompts without an answer, k samples each
     answered = kept[kept["reference"].notna()]
     assert (answered["score"] == 1.0).all()  # min_score 1.0: only right final answers
@@ -153,6 +157,6 @@ def test_user_scorer_module_function_is_the_filter_and_the_metric(tmp_path, monk
     (tmp_path / "mine" / "my_task_scores.py").write_text(USER_SCORER)
     monkeypatch.syspath_prepend(str(tmp_path / "mine"))  # the user's own file, outside the package
     cfg, lay, record = one_round(tmp_path, "translation", "prompts.scorer=my_task_scores:overlap", "filter.min_score=0.3")
-    samples, kept = check_corpora(lay, 4, 18, 18, 12, lambda c, r: len(set(c.split()) & set(r.split())) / len(set(r.split())))
+    samples, kept = check_corpora(lay, 4, 18, 18, (6, 6), lambda c, r: len(set(c.split()) & set(r.split())) / len(set(r.split())))
     assert (kept["score"] >= 0.3).all() and kept["prompt_id"].is_unique and len(kept) > 0
     check_metrics(lay, record, "overlap", 1.0)
