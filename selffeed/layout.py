@@ -6,11 +6,14 @@
         config.yaml                 resolved config of the latest invocation
         run.json                    rounds done, best round, stop reason
         data/{seed,pool,test}.parquet
-        round-000/model/            seed fine-tune (save_pretrained: safetensors + tokenizer)
+        round-000/model -> .ver-<id>-model
+                                    seed fine-tune: a symlink to the checkpoint version published last
+        round-000/.ver-<id>-model/  that checkpoint (save_pretrained: safetensors + tokenizer)
         round-000/metrics.json
         round-001/samples.parquet   every completion of round 1
         round-001/kept.parquet      what the filters kept
-        round-001/model/            retrained checkpoint
+        round-001/model -> .ver-<id>-model
+                                    retrained checkpoint (and its .ver-<id>-model/ beside it)
         round-001/metrics.json
         round-001/manifest.json     written last: the round is committed
         best -> round-00N/model     the best validated round's model (the run's export)
@@ -18,8 +21,19 @@
         .lock                       the single writer's PID and host
         .prefect-results/           Prefect's persisted stage results (cache records)
 
-Writes are atomic: files and checkpoint directories are written under a temporary name in the same
-directory and renamed into place when complete, so a reader never sees a partial file.
+Writes are atomic and durable. A file is written under a temporary sibling name (``.tmp-<id>-<name>``),
+fsynced, renamed into place, and its directory fsynced, so a reader never sees a partial file and a
+power cut never leaves a name pointing at data that was not on disk. A checkpoint directory is written
+the same way, fsynced file by file, renamed to a version ``.ver-<id>-model/``, and published by renaming
+a fresh symlink over ``model``: one rename, so ``round-NNN/model`` and ``best`` (a symlink to it) always
+name a complete checkpoint, the old one until the rename and the new one after it; the old version is
+then deleted. A killed writer leaves only ``.tmp-*`` names and ``.ver-*`` directories no symlink names,
+and :func:`remove_temporaries` deletes both when the next writer opens the run.
+
+A run written before versioned checkpoints has real ``model/`` directories. The first re-publish of
+one moves it aside and puts the symlink in its place: two renames, between which ``model`` is missing.
+A writer killed there loses that round's checkpoint (its manifest then reports it missing, so the stage
+runs again); this happens at most once per legacy checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 TMP_MARK = ".tmp-"
+VERSION_MARK = ".ver-"  # a published checkpoint version: kept while a symlink names it
 
 
 @dataclass(frozen=True)
@@ -150,28 +165,45 @@ class ExperimentLayout:
         return RunLayout.of(runs_dir, f"{name}-{arm}-s{seed}")
 
 
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{path.name}")
+def _sibling(path: Path, mark: str) -> Path:
+    return path.with_name(f"{mark}{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to disk (Linux flushes through a read-only fd)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(d: Path) -> None:
+    """``mkdir -p`` that fsyncs each new directory's parent: a file's name is only durable if every
+    directory above it is."""
+    if not d.is_dir():
+        _make_dirs(d.parent)
+        d.mkdir(exist_ok=True)
+        _fsync(d.parent)
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
+    """Yield a temporary sibling of ``path``; publish it at ``path`` only if the block succeeds.
 
-    Works for files and directories; an existing directory at ``path`` is replaced.
+    A file is fsynced and renamed onto ``path``; a directory is published by :func:`_publish_dir`.
+    The parent is fsynced last, so the new name itself survives a power cut.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
+    _make_dirs(path.parent)
+    tmp = _sibling(path, TMP_MARK)
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            # Directories cannot be renamed over non-empty ones: move the old aside first.
-            old = _tmp_sibling(path)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        if tmp.is_dir():
+            _publish_dir(tmp, path)
         else:
+            _fsync(tmp)
             os.replace(tmp, path)
+            _fsync(path.parent)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -179,9 +211,49 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _publish_dir(tmp: Path, path: Path) -> None:
+    """Make the complete directory ``tmp`` appear at ``path`` in one rename: of a symlink, since a
+    directory cannot be renamed over a non-empty one. ``path`` ends up a symlink to ``.ver-<id>-<name>``."""
+    for p in tmp.rglob("*"):
+        if not p.is_symlink():
+            _fsync(p)
+    _fsync(tmp)
+    version = _sibling(path, VERSION_MARK)
+    os.replace(tmp, version)
+    _fsync(path.parent)  # the version is on disk before any symlink names it
+    old = _version_behind(path)
+    link = _sibling(path, TMP_MARK)
+    link.symlink_to(version.name)
+    if path.is_dir() and not path.is_symlink():
+        # A legacy real directory: the one publish that takes two renames (see the module docstring).
+        old = _sibling(path, TMP_MARK)
+        os.replace(path, old)
+    os.replace(link, path)
+    _fsync(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _version_behind(link: Path) -> Path | None:
+    """The ``.ver-*`` sibling directory that symlink ``link`` publishes, if it is one."""
+    if not link.is_symlink():
+        return None
+    target = os.readlink(link)
+    return link.with_name(target) if target.startswith(VERSION_MARK) and "/" not in target else None
+
+
+def _is_live(version: Path) -> bool:
+    """Whether ``.ver-<id>-<name>`` is what its sibling symlink ``<name>`` names now."""
+    return _version_behind(version.with_name(version.name.split("-", 2)[-1])) == version
+
+
 def remove_temporaries(root: Path) -> list[Path]:
-    """Delete temporaries a killed writer left under ``root``; only call while holding the run lock."""
-    found = sorted(root.rglob(f"{TMP_MARK}*")) if root.is_dir() else []
+    """Delete what a killed writer left under ``root``: temporaries, and checkpoint versions that no
+    symlink publishes (never the live ones). Only call while holding the run lock."""
+    if not root.is_dir():
+        return []
+    found = sorted(root.rglob(f"{TMP_MARK}*"))
+    found += sorted(p for p in root.rglob(f"{VERSION_MARK}*") if not _is_live(p))
     for p in found:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
@@ -192,9 +264,10 @@ def remove_temporaries(root: Path) -> list[Path]:
 
 def point_to(link: Path, target: Path) -> None:
     """Make ``link`` a relative symlink to ``target``, replacing any old one atomically."""
-    tmp = _tmp_sibling(link)
+    tmp = _sibling(link, TMP_MARK)
     tmp.symlink_to(os.path.relpath(target, link.parent))
     os.replace(tmp, link)
+    _fsync(link.parent)
 
 
 def write_json(path: Path, data: Any) -> None:
