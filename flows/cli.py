@@ -11,15 +11,25 @@
 Bad input (missing file, unknown key, wrong type, unloadable model) prints one line naming the
 field or file and exits with status 2, before anything is written; a run already being written by
 another process exits with status 3 naming it.
+
+Prefect's usage telemetry is off unless asked for: the command sets ``DO_NOT_TRACK=1`` (Prefect's client,
+which also drops its first-run notice) and ``PREFECT_SERVER_ANALYTICS_ENABLED=false`` (its API server)
+when they are unset; to send it, run with ``DO_NOT_TRACK=0 PREFECT_SERVER_ANALYTICS_ENABLED=true``.
+Without ``PREFECT_API_URL`` a run uses Prefect's temporary API server, which dies with the command, even
+on ``kill -9``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import os
 import shlex
 import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,9 +73,58 @@ def _prefect_env(cfg: RunConfig) -> None:
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # the client's telemetry switch (Prefect has no setting for it)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The embedded server's default 20 s to come up is too short on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _start_tied_server() -> None:
+    """Start Prefect's temporary API server now, one the kernel kills when this process dies.
+
+    Prefect stops it from an exit hook, which SIGKILL (OOM killer, a scheduler's hard limit) skips: the
+    server then ran on with parent 1, forever. The child asks for SIGKILL on its parent's death (prctl
+    PR_SET_PDEATHSIG between fork and exec); that fires when the *thread* that forked ends, hence the
+    main thread, now, rather than whichever thread of Prefect's first needs the API.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, get_current_settings
+
+    if PREFECT_API_URL.value() or not sys.platform.startswith("linux"):
+        return  # a configured server is not ours to manage; prctl is Linux's
+    if threading.current_thread() is not threading.main_thread():
+        return  # the signal would fire when this thread ends: leave the server to Prefect
+    _reap_orphaned_servers(str(get_current_settings().home))  # left by runs killed before this existed
+    die_with_parent = functools.partial(ctypes.CDLL(None, use_errno=True).prctl, PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    class TiedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            # Prefect's own command and environment, plus the preexec_fn; nothing else spawns meanwhile.
+            popen = subprocess.Popen
+            subprocess.Popen = functools.partial(popen, preexec_fn=die_with_parent)
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = popen
+
+    TiedServer().start()  # registered as Prefect's default server: every later SubprocessASGIServer() is this one
+
+
+def _reap_orphaned_servers(home: str) -> None:
+    """SIGKILL temporary API servers (``PREFECT__SERVER_EPHEMERAL=1``) whose PREFECT_HOME is ``home`` and
+    whose parent is gone (parent 1). Other users' processes are unreadable and skipped."""
+    wanted = {f"PREFECT_HOME={home}".encode(), b"PREFECT__SERVER_EPHEMERAL=1"}
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] != "1":
+                continue
+            if wanted <= set((proc / "environ").read_bytes().split(b"\0")):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, IndexError):  # gone meanwhile, or not ours to read
+            continue
 
 
 def quiet_libraries() -> None:
@@ -92,7 +151,7 @@ def _run_flow(cfg: RunConfig) -> list[dict]:
 
     print(f"\nrun {cfg.name}: {len(history) - 1} rounds in {time.perf_counter() - t0:.0f} s; "
           f"best round {record['best_round']} ({record['metric']}); stopped: {record['stop_reason']}")
-    print(round_table(history))
+    print(round_table(history, record["metric"]))
     print(f"best model: {record['best_model']}", flush=True)
     return history
 
@@ -106,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight(cfg)
     assert_unlocked(layout_of(cfg).lock)
     _prefect_env(cfg)
+    _start_tied_server()
     quiet_libraries()
     history = _run_flow(cfg)
     if args.control:
@@ -138,6 +198,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     for _arm, _seed, arm_cfg in ex.arm_configs(cfg, arms, args.seeds):  # also rejects an oracle without truth
         assert_unlocked(layout_of(arm_cfg).lock)
     _prefect_env(cfg)
+    _start_tied_server()
     quiet_libraries()
     from flows.experiment import experiment
 
