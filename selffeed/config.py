@@ -152,11 +152,41 @@ class TextConfig(_Section):
     )
 
 
+class WordProblemsConfig(_Section):
+    """The word-problem recipe: generated problems of 1-3 add/subtract steps, answered with a worked solution
+    ("30 - 24 = 6. The answer is 6."); difficulty = number of steps. Prompts go through the chat template of
+    the checkpoint at model.path when it has one."""
+
+    seed_steps: list[int] = Field([1, 2], description="Step counts of the labelled seed problems (worked solutions).")
+    seed_size: int = Field(200, ge=1, description="Labelled seed problems, spread evenly over seed_steps.")
+    pool_steps: list[int] = Field([1, 2, 3], description="Step counts of the unlabelled prompt pool.")
+    pool_per_round: int = Field(
+        300, ge=1, description="Unlabelled problems sampled each round, spread over the round's pool difficulties."
+    )
+    pool_slices: int = Field(4, ge=1, description="Disjoint pool slices; round r uses slice (r-1) mod this.")
+    test_steps: list[int] = Field([1, 2, 3], description="Step counts of the held-out test problems.")
+    test_per_steps: int = Field(500, ge=1, description="Held-out test problems per step count (reported only).")
+    val_per_steps: int = Field(
+        100, ge=1, description="Held-out validation problems per step count of test_steps (pick the best round)."
+    )
+    max_number: int = Field(30, ge=2, le=1000, description="Largest number a problem states.")
+    max_new_tokens: int = Field(64, ge=8, description="Longest solution sampled or validated (tokens).")
+    chat_template: bool = Field(
+        True, description="Wrap each problem in the tokenizer's chat template when it has one."
+    )
+
+
 class ModelConfig(_Section):
     """Which causal LM to start from: a local checkpoint, or a tiny GPT-2 built from this config."""
 
     path: str | None = Field(
-        None, description="Local Hugging Face checkpoint directory; empty builds a tiny GPT-2."
+        None, description="Local Hugging Face checkpoint directory (e.g. from selffeed import-gguf); empty "
+        "builds a tiny GPT-2. A checkpoint gets fine-tuning defaults suited to a pretrained model (see PRETRAINED).",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Arithmetic of training (autocast; weights and checkpoints stay fp32), sampling and "
+        "validation (weights cast). auto: bf16 on GPUs that support it (else fp16) and, for a checkpoint at "
+        "model.path, on CPUs with bf16 matrix units (AMX or AVX512-BF16); fp32 otherwise.",
     )
     n_embd: int = Field(64, ge=8, description="Tiny GPT-2: embedding width.")
     n_layer: int = Field(3, ge=1, description="Tiny GPT-2: number of layers.")
@@ -199,10 +229,6 @@ class TrainConfig(_Section):
         1, ge=1, description="Micro-batches per step (gradient accumulation): the same update as one "
         "batch_size batch, with the activation memory of one micro-batch.",
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast on a GPU (auto: bf16 where supported, else fp16 with loss scaling); "
-        "CPUs always train in fp32.",
-    )
     progress: bool = Field(True, description="Show a progress bar.")
 
 
@@ -240,6 +266,16 @@ class FilterConfig(_Section):
     dedup: bool = Field(True, description="Keep one row per identical (prompt, completion).")
     verifier: str | None = Field(
         None, description="Optional 'module:function' called as f(prompt, completion) -> bool."
+    )
+    check_steps: bool = Field(
+        False, description="Rationale check: drop a completion when an equation it writes ('30 - 24 = 7') is "
+        "false. It knows arithmetic, not the answer (label-free); a dropped sample loses its vote but still counts "
+        "towards k, so min_agreement is a share of all k samples.",
+    )
+    check_numbers: bool = Field(
+        False, description="Rationale check: drop a completion when a number its prompt states is used by none of "
+        "its equations (a skipped step). Label-free; a dropped sample loses its vote, as with check_steps. Only for "
+        "tasks whose every stated number matters (and whose prompt template adds none).",
     )
     min_score: float | None = Field(
         None, description="Keep a scored completion when its score (prompts.scorer) is at least this."
@@ -345,6 +381,30 @@ class AuditConfig(_Section):
     )
 
 
+PRETRAINED: dict[str, dict[str, Any]] = {
+    "finetune": {"steps": 100, "batch_size": 16, "lr": 5e-5, "betas": (0.9, 0.999), "weight_decay": 0.0,
+                 "warmup_steps": 10},
+    "retrain": {"steps": 50, "batch_size": 16, "lr": 5e-5, "betas": (0.9, 0.999), "weight_decay": 0.0,
+                "warmup_steps": 5},
+}
+"""Training defaults for a pretrained checkpoint (model.path), in place of the tiny model's, for every field
+a config leaves unset: the tiny model's learning rate (2e-3) trains from scratch and wrecks a pretrained model."""
+
+MAX_PRETRAINED_LR = 5e-4
+
+
+def config_warnings(cfg: RunConfig) -> list[str]:
+    """Settings that run but are likely mistakes, one line each (the command prints them)."""
+    out = []
+    if cfg.model.path:
+        for name in ("finetune", "retrain"):
+            lr = getattr(cfg, name).lr
+            if lr > MAX_PRETRAINED_LR:
+                out.append(f"{name}.lr={lr:g} is high for a pretrained checkpoint (model.path): a from-scratch rate "
+                           f"overwrites what it knows; its default there is {PRETRAINED[name]['lr']:g}")
+    return out
+
+
 def _label_free_conflict(cfg: RunConfig) -> str | None:
     """Why ``cfg`` breaks ``filter.label_free`` (a setting that lets true labels steer the loop), or None."""
     from selffeed.scorers import BUILTIN
@@ -380,8 +440,9 @@ class RunConfig(_Section):
     runs_dir: str = Field("runs", description="Parent directory of all runs.")
     seed: int = Field(0, ge=0, description="Seed for data, init, training and sampling.")
     threads: int = Field(2, ge=1, description="torch intra-op threads (results depend on it).")
-    recipe: Literal["arithmetic", "prompts", "text"] = Field("arithmetic", description="Task recipe.")
+    recipe: Literal["arithmetic", "prompts", "text", "word_problems"] = Field("arithmetic", description="Task recipe.")
     arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
+    word_problems: WordProblemsConfig = Field(default_factory=WordProblemsConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -399,6 +460,12 @@ class RunConfig(_Section):
         # Cross-section rules; the loop metric is resolved here so run.json always names it.
         from selffeed.scorers import metric_name
 
+        if self.model.path:  # a pretrained checkpoint: its fine-tuning defaults for every unset field
+            for name, defaults in PRETRAINED.items():
+                section = getattr(self, name)
+                unset = {k: v for k, v in defaults.items() if k not in section.model_fields_set}
+                if unset:
+                    setattr(self, name, section.model_copy(update=unset))
         scored = self.recipe == "prompts"
         if scored and not self.prompts.data:
             raise ValueError("prompts.data: required when recipe is prompts (a .parquet/.jsonl/.csv file or directory)")

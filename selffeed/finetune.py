@@ -3,8 +3,9 @@
 Examples go through ``datasets`` (an Arrow-backed ``Dataset`` tokenized with ``map``); batches are
 drawn by a seeded generator, so the same data, config, seed and thread count give the same weights.
 Batches are length-bucketed (rows of similar length train together, so little compute goes to
-padding), a step can be split into micro-batches (gradient accumulation), and on a GPU the forward
-runs under bf16/fp16 autocast (benchmarks/training.py measures the speed-ups).
+padding), a step can be split into micro-batches (gradient accumulation), and the forward can run
+under bf16/fp16 autocast (``amp``; see :mod:`selffeed.precision`; benchmarks/training.py measures the
+speed-ups).
 
 ::
 
@@ -39,6 +40,8 @@ class TrainStats:
     final_loss: float
     """Mean loss of the last 10% of steps."""
     seconds: float
+    losses: list[float] | None = None
+    """Every step's loss, in order."""
 
 
 def tokenize_examples(df: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> Dataset:
@@ -115,15 +118,6 @@ def batch_order(lengths: list[int], cfg: TrainConfig, seed: int) -> Iterator[lis
         yield from batches
 
 
-def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype: bf16/fp16 on a GPU (``auto``: bf16 where supported); CPUs train in fp32."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 def position_shifts(cfg: TrainConfig, n: int, gen: torch.Generator) -> torch.Tensor | None:
     """Random per-sequence position shifts (0..``cfg.position_offset``) for a batch of ``n`` rows, or None
     when off: the model sees every position index in use, so answers longer than the training data do
@@ -162,8 +156,10 @@ def train(
     seed: int,
     desc: str = "train",
     progress: Callable[[float], None] | None = None,
+    amp: torch.dtype | None = None,
 ) -> TrainStats:
-    """Train ``model`` in place on ``examples`` (columns ``prompt``, ``completion``).
+    """Train ``model`` in place on ``examples`` (columns ``prompt``, ``completion``), its forward under
+    ``amp`` autocast (bf16/fp16; None: fp32). Weights and optimizer state stay in their own dtype.
 
     A step's batch is cut into ``cfg.grad_accum`` micro-batches, each padded only to its own longest
     row; the loss is the sum over the step's completion tokens divided by their count, so the update
@@ -183,8 +179,7 @@ def train(
     batches = batch_order(lengths, cfg, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    amp = _amp_dtype(device, cfg.precision)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None  # fp16 gradients underflow unscaled
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None  # fp16 gradients underflow unscaled
     model.train()
     losses: list[float] = []
     tokens = 0
@@ -229,4 +224,5 @@ def train(
         first_loss=losses[0],
         final_loss=sum(tail) / len(tail),
         seconds=time.perf_counter() - start,
+        losses=losses,
     )

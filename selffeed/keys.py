@@ -45,15 +45,15 @@ LIBRARIES = (
 """Distributions whose version is part of every key (absent ones count as absent)."""
 
 RECIPE = "<recipe>"
-"""Stands for the run's recipe section (arithmetic, prompts or text) in :data:`STAGE_CONFIG`."""
+"""Stands for the run's recipe section (arithmetic, prompts, text or word_problems) in :data:`STAGE_CONFIG`."""
 
 STAGE_CONFIG: dict[str, tuple[str, ...]] = {
     "prepare": ("recipe", RECIPE, "model", "filter.label_free"),
     "finetune": ("recipe", RECIPE, "model", "finetune", "threads"),
-    "sample": ("recipe", RECIPE, "sample", "filter.views", "threads"),
-    "filter": ("recipe", RECIPE, "filter", "sample", "threads"),
+    "sample": ("recipe", RECIPE, "sample", "filter.views", "model.precision", "model.path", "threads"),
+    "filter": ("recipe", RECIPE, "filter", "sample", "model.precision", "model.path", "threads"),
     "retrain": ("recipe", RECIPE, "model", "retrain", "loop.mix", "loop.min_real_fraction", "loop.init", "threads"),
-    "validate": ("recipe", RECIPE, "sample", "audit", "threads"),
+    "validate": ("recipe", RECIPE, "sample", "audit", "model.precision", "model.path", "threads"),
 }
 """Config sections (or ``section.field``) each stage's output depends on, besides seed, name and
 runs_dir. Left out everywhere, because no stage output depends on them: the stop rules and best-round

@@ -33,6 +33,7 @@ from selffeed.config import ConfigError, RunConfig
 from selffeed.layout import RunLayout
 from selffeed.manifest import Manifest
 from selffeed.model import load_checkpoint
+from selffeed.precision import compute_dtype
 from selffeed.recipes import recipe_for
 from selffeed.sample import sample_completions
 
@@ -71,7 +72,7 @@ def ensemble_answers(cfg: RunConfig, prompts: list[str], models: list[Manifest])
     greedy = cfg.sample.model_copy(update={"greedy": True})
     rows = []
     for m in models if prompts else []:
-        lm, tokenizer = load_checkpoint(m.path("model"))
+        lm, tokenizer = load_checkpoint(m.path("model"), compute_dtype(cfg))
         outs = sample_completions(lm, tokenizer, prompts, greedy, 0, recipe.max_new_tokens)
         model_id = RunLayout.of(cfg.runs_dir, cfg.name).model_id(m.round or 0)
         rows += [(p, model_id, recipe.parse_answer(o.text)) for p, o in zip(prompts, outs)]

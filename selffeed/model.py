@@ -105,8 +105,44 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local directory (never from a hub)."""
+def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The special token the chat template closes an assistant turn with (``<|im_end|>``, ``<|eot_id|>``,
+    ...), or None without a template or when it closes turns with no special token."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "Xq7Zv"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except Exception:  # a template that insists on other roles or fields: leave EOS as it is
+        return None
+    after = text[text.rfind(marker) + len(marker) :]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return tokenizer.convert_ids_to_tokens(ids[0]) if ids and ids[0] in special else None
+
+
+def use_end_of_turn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make a chat model's end-of-turn token its EOS: training completions end with it and sampling stops
+    at it, as the template expects, rather than at a bare EOS the template never emits. ``generate``
+    stops at either."""
+    eot = end_of_turn(tokenizer)
+    if eot is None or eot == tokenizer.eos_token:
+        return
+    old = tokenizer.eos_token_id
+    tokenizer.eos_token = eot
+    stop = model.generation_config.eos_token_id
+    stop = [stop] if isinstance(stop, int) else list(stop or [])
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, *(i for i in [*stop, old] if i is not None
+                                                                      and i != tokenizer.eos_token_id)]
+
+
+def load_checkpoint(
+    path: str | Path, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local directory (never from a hub), in fp32 or cast to
+    ``dtype`` (sampling and validation, see :mod:`selffeed.precision`)."""
     p = Path(path)
     check_checkpoint(p)
     try:
@@ -114,10 +150,12 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokeni
         tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
     except Exception as err:  # torn weights raise SafetensorError, odd configs TypeError, ...
         raise ModelLoadError(f"model.path '{p}': not a loadable causal LM checkpoint ({_first_line(err)})") from None
+    model = model.float()  # a checkpoint saved in half precision still trains in fp32
+    use_end_of_turn(model, tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return model.to(default_device()), tokenizer
+    return model.to(default_device(), dtype=dtype), tokenizer
 
 
 def default_device() -> torch.device:

@@ -35,6 +35,7 @@ from selffeed.labels import (
 from selffeed.loop import training_mix
 from selffeed.manifest import Manifest, make_manifest
 from selffeed.model import char_tokenizer, default_device, load_checkpoint, save_checkpoint, tiny_gpt2
+from selffeed.precision import compute_dtype, name as precision_name
 from selffeed.recipes import recipe_for
 from selffeed.recipes.prompts import chars_of
 from selffeed.scorers import score_rows
@@ -98,7 +99,10 @@ def _train_and_save(
     t0: float,
 ) -> Manifest:
     model = with_lora(model, train_cfg)  # unchanged when train_cfg.lora_r == 0
-    stats = train(model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}", progress=progress)
+    amp = compute_dtype(cfg, next(model.parameters()).device)
+    stats = train(
+        model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}", progress=progress, amp=amp
+    )
     model = merge_lora(model)  # saved checkpoints stay plain HF causal LMs
     path = layout_of(cfg).model(r)
     save_checkpoint(model, tokenizer, path)
@@ -113,6 +117,7 @@ def _train_and_save(
         train_loss=stats.final_loss,
         train_tokens=stats.tokens,
         steps=stats.steps,
+        precision=precision_name(amp),
         seconds=time.perf_counter() - t0,
     )
 
@@ -148,7 +153,8 @@ def sample(
     lay = layout_of(cfg)
     recipe = recipe_for(cfg)
     pool = schema.read(data.path("pool"), schema.POOL)
-    per_round = cfg.arithmetic.pool_per_round if cfg.recipe == "arithmetic" else None
+    # Only the active recipe's section is read: it alone is in this stage's key.
+    per_round = getattr(cfg, cfg.recipe).pool_per_round if cfg.recipe in ("arithmetic", "word_problems") else None
     pool = round_pool(pool, r, difficulties, per_round)
     pool = with_views(pool, recipe.views) if cfg.filter.views and recipe.views else pool.assign(view=0)
     k = 1 if cfg.sample.greedy else cfg.sample.k
@@ -156,7 +162,7 @@ def sample(
         lm, tokenizer = load_vllm(model.path("model"), seed=cfg.seed, threads=cfg.threads)
         generate = vllm_generate_batches
     else:
-        lm, tokenizer = load_checkpoint(model.path("model"))
+        lm, tokenizer = load_checkpoint(model.path("model"), compute_dtype(cfg))
         generate = generate_batches
     seed = cfg.seed * 1000 + r
     prompts = list(pool["prompt"])
@@ -293,7 +299,7 @@ def validate(
     t0 = time.perf_counter()
     lay = layout_of(cfg)
     recipe = recipe_for(cfg)
-    lm, tokenizer = load_checkpoint(model.path("model"))
+    lm, tokenizer = load_checkpoint(model.path("model"), compute_dtype(cfg))
 
     def held_out(split: str) -> dict[str, Any]:
         df = schema.read(data.path(split), schema.LABELLED)

@@ -123,7 +123,7 @@ def test_reinit_trains_the_base_weights_continue_the_previous_round(tmp_path, mo
 
     seen = {}
 
-    def fake_train(model, tokenizer, mix, cfg, seed, desc="", progress=None):
+    def fake_train(model, tokenizer, mix, cfg, seed, desc="", progress=None, amp=None):
         seen["weights"] = {n: p.detach().clone() for n, p in model.named_parameters()}
         from selffeed.finetune import TrainStats
 

@@ -6,7 +6,7 @@ every rank draws the trainer's seeded batch order, trains on its share of each b
 ``rank::world``), and the model and optimizer are wrapped by ``accelerate.Accelerator`` so gradients are
 combined across ranks (DDP) before each step. Each rank divides its summed token loss by the whole batch's
 target count, as the trainer does, so a step's update is the single-process one (up to float rounding
-and dropout masks). bf16 autocast on GPUs unless ``precision=fp32``; one micro-batch per rank
+and dropout masks). Autocast as ``amp`` asks (bf16; fp16 is refused); one micro-batch per rank
 (``grad_accum`` is not applied: more ranks already split the batch).
 
 The loop's stages run inside one Prefect process, so they do not launch ranks themselves; train a
@@ -58,17 +58,18 @@ def train(
     seed: int,
     desc: str = "train",
     progress: Callable[[float], None] | None = None,
+    amp: torch.dtype | None = None,
 ) -> finetune.TrainStats:
     """Train ``model`` in place; across all ranks of a multi-process launch, else exactly
     :func:`selffeed.finetune.train`. ``cfg.batch_size`` is the global batch (all ranks together)."""
     if world_size() <= 1:
-        return finetune.train(model, tokenizer, examples, cfg, seed, desc=desc, progress=progress)
+        return finetune.train(model, tokenizer, examples, cfg, seed, desc=desc, progress=progress, amp=amp)
     acc = _accelerate().Accelerator()
     rank, world = acc.process_index, acc.num_processes
     if cfg.batch_size < world:
         raise ValueError(f"batch_size: {cfg.batch_size} is smaller than the {world} processes (need >= 1 row each)")
-    if cfg.precision == "fp16":
-        raise ValueError("precision: fp16 needs a gradient scaler, which the multi-process path lacks; use bf16")
+    if amp == torch.float16:
+        raise ValueError("model.precision: fp16 needs a gradient scaler, which the multi-process path lacks; use bf16")
     columns = finetune.tokenize_examples(examples, tokenizer).to_dict()
     lengths = [len(x) for x in columns["input_ids"]]
     n = len(lengths)
@@ -81,7 +82,6 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     wrapped, opt = acc.prepare(model, opt)
-    amp = torch.bfloat16 if acc.device.type == "cuda" and cfg.precision != "fp32" else None
     wrapped.train()
     losses: list[float] = []
     tokens = 0
@@ -127,12 +127,14 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     from selffeed.backends.lora import merge_lora, with_lora
     from selffeed.model import load_checkpoint, save_checkpoint
+    from selffeed.precision import resolve
 
     p = argparse.ArgumentParser(description="Train a checkpoint on prompt/completion rows across all launched ranks.")
     p.add_argument("--model", required=True, help="checkpoint directory to start from")
     p.add_argument("--data", required=True, help="Parquet file with prompt and completion columns")
     p.add_argument("--out", required=True, help="directory for the trained checkpoint (written by rank 0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as model.precision")
     p.add_argument("overrides", nargs="*", help="TrainConfig fields as key=value, e.g. steps=400 lora_r=8")
     args = p.parse_args(argv)
     # Values parse as YAML, as in run config overrides: "lr=0.01", "betas=[0.9, 0.95]".
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         # One GPU per rank (accelerate would move it too; doing it first keeps peft's adapters on it).
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     model = with_lora(model, cfg)
-    stats = train(model, tokenizer, pd.read_parquet(args.data), cfg, seed=args.seed)
+    amp = resolve(args.precision, next(model.parameters()).device, pretrained=True)
+    stats = train(model, tokenizer, pd.read_parquet(args.data), cfg, seed=args.seed, amp=amp)
     model = merge_lora(model)
     if int(os.environ.get("RANK", "0")) == 0:
         save_checkpoint(model.cpu(), tokenizer, Path(args.out))
