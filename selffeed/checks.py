@@ -17,9 +17,10 @@ def preflight(cfg: RunConfig) -> None:
         if cfg.model.path:  # first: the prompts recipe reads the checkpoint's chat template
             check_checkpoint(cfg.model.path)
         splits = recipe_for(cfg).make_splits(cfg.seed)
-        if cfg.recipe == "prompts":
-            load_scorer(cfg.prompts.scorer)
-            need = longest_sequence(splits, cfg.prompts.max_new_tokens)
+        if cfg.recipe in ("prompts", "word_problems"):
+            if cfg.recipe == "prompts":
+                load_scorer(cfg.prompts.scorer)
+            need = longest_sequence(splits, recipe_for(cfg).max_new_tokens)
             if not cfg.model.path and need > cfg.model.n_positions:
                 raise ConfigError(
                     f"model.n_positions={cfg.model.n_positions}: too short for the data, whose longest prompt "

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from selffeed.config import FilterConfig
+from selffeed.rationale import steps_true, unused_numbers
 from selffeed.scorers import load_callable
 
 Verifier = Callable[[str, str], bool]
@@ -162,6 +163,27 @@ def dedup(samples: pd.DataFrame) -> pd.Series:
     return ~samples.duplicated(subset=["prompt", "completion"], keep="first")
 
 
+def rationale_ok(samples: pd.DataFrame) -> pd.Series:
+    """Completions whose every written equation is true (:mod:`selffeed.rationale`); knows no answer.
+
+    >>> rationale_ok(pd.DataFrame({"completion": ["3 + 4 = 7. The answer is 7.", "3 + 4 = 8."]})).tolist()
+    [True, False]
+    """
+    return pd.Series([steps_true(c) for c in samples["completion"]], index=samples.index, dtype=bool)
+
+
+def numbers_used(samples: pd.DataFrame) -> pd.Series:
+    """Completions whose equations use every number their prompt states (no skipped step); knows no answer.
+
+    >>> s = pd.DataFrame({"prompt": ["Ann has 3. Ann buys 4. Ann buys 5."] * 2,
+    ...                   "completion": ["3 + 4 = 7. 7 + 5 = 12.", "3 + 4 = 7. The answer is 7."]})
+    >>> numbers_used(s).tolist()
+    [True, False]
+    """
+    return pd.Series([not unused_numbers(p, c) for p, c in zip(samples["prompt"], samples["completion"])],
+                     index=samples.index, dtype=bool)
+
+
 def verified(samples: pd.DataFrame, verifier: Verifier) -> pd.Series:
     """Rows for which ``verifier(prompt, completion)`` is true (a reward model, a checker, ...).
 
@@ -207,12 +229,20 @@ def apply_filters(
         verifier = load_verifier(cfg.verifier)
     if verifier is not None:
         common["verifier"] = verified(samples, verifier)
+    if cfg.check_steps:
+        common["steps"] = rationale_ok(samples)
+    if cfg.check_numbers:
+        common["numbers"] = numbers_used(samples)
+    voters = samples
+    for name in ("steps", "numbers"):  # a sample failing a rationale check loses its vote, still counts in k
+        if name in common:
+            voters = voters.assign(answer=voters["answer"].where(common[name], None))
     keep = pd.Series(True, index=samples.index)
     for v in common.values():
         keep &= v
     by_score = cfg.min_score is not None or cfg.best_of_k
     # Without the vote an unscored row passes, unless score filters are on: then nothing vouches for it.
-    vote = majority_vote(samples, cfg.min_agreement) if cfg.vote else pd.Series(not by_score, index=samples.index)
+    vote = majority_vote(voters, cfg.min_agreement) if cfg.vote else pd.Series(not by_score, index=samples.index)
     checks: dict[str, pd.Series] = {}
     if cfg.views and cfg.vote:  # views agreement is part of the vote; without it views only widen sampling
         checks["views"] = views_agree(samples)
@@ -236,7 +266,7 @@ def apply_filters(
     tail = [*common, *(["dedup"] if cfg.dedup else [])]
     if cfg.dedup:
         kept = kept[dedup(kept)]
-    stats = vote_stats(samples).set_index("prompt_id")
+    stats = vote_stats(voters).set_index("prompt_id")
     kept["agreement"] = kept["prompt_id"].map(stats["agreement"]).fillna(0.0).astype(float)
     kept["votes"] = kept["prompt_id"].map(stats["votes"]).fillna(0).astype(int)
     passed_score = ",".join(score_names + tail)

@@ -45,7 +45,8 @@ NEVER_KEYED = (
 )
 
 FIXED = {
-    "arithmetic": ("filter.min_score", "filter.best_of_k"), "text": ("recipe",), "prompts": ("recipe", "loop.metric"),
+    "arithmetic": ("filter.min_score", "filter.best_of_k"), "text": ("recipe",),
+    "word_problems": ("filter.min_score", "filter.best_of_k"), "prompts": ("recipe", "loop.metric"),
 }
 """Fields a stage reads that the config allows no other value for alone: score filters need a scorer,
 these scored configs cannot become another recipe without dropping their score filter, and the prompts
@@ -279,6 +280,18 @@ def prompts_cfg(tmp_path: Path) -> RunConfig:
     ])
 
 
+def word_problems_cfg(tmp_path: Path) -> RunConfig:
+    return load_config(None, [
+        f"runs_dir={tmp_path / 'runs'}", "recipe=word_problems", "threads=1", "model.n_embd=16", "model.n_layer=1",
+        "model.n_head=2", "model.n_inner=32", "model.n_positions=320", "word_problems.seed_size=8",
+        "word_problems.pool_per_round=6", "word_problems.pool_slices=1", "word_problems.test_per_steps=2",
+        "word_problems.val_per_steps=2", "word_problems.max_new_tokens=8", "finetune.steps=2",
+        "finetune.progress=false", "retrain.steps=2", "retrain.progress=false", "sample.k=2", "audit.size=4",
+        "filter.check_steps=true", "filter.check_numbers=true", "filter.min_agreement=0", "loop.init=reinit",
+        "loop.max_rounds=2",
+    ])
+
+
 def extra_values(cfg: RunConfig, tmp_path: Path, trace_model: Path) -> dict[str, list[Any]]:
     """Values the type-based guesses cannot find: paths that must exist, specs that must load."""
     other = tmp_path / "other_verifier.py"
@@ -296,10 +309,11 @@ def extra_values(cfg: RunConfig, tmp_path: Path, trace_model: Path) -> dict[str,
     }
 
 
-@pytest.fixture(scope="module", params=["arithmetic", "text", "prompts"])
+@pytest.fixture(scope="module", params=["arithmetic", "text", "prompts", "word_problems"])
 def traced(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp(request.param)
-    cfg = {"arithmetic": arithmetic_cfg, "text": text_cfg, "prompts": prompts_cfg}[request.param](tmp_path)
+    cfg = {"arithmetic": arithmetic_cfg, "text": text_cfg, "prompts": prompts_cfg,
+           "word_problems": word_problems_cfg}[request.param](tmp_path)
     with pytest.MonkeyPatch.context() as monkeypatch:
         trace = run_traced(cfg, monkeypatch)
     lm, tok = load_checkpoint(stages.layout_of(cfg).model(0))

@@ -14,7 +14,7 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from selffeed.config import RunConfig
-from selffeed.recipes import arithmetic, prompts, stories, text
+from selffeed.recipes import arithmetic, prompts, stories, text, word_problems
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,17 @@ def recipe_for(cfg: RunConfig) -> Recipe:
             max_new_tokens=arithmetic.max_new_tokens(a),
             views=partial(arithmetic.views, offsets=a.offset_views),
             view_answer=partial(arithmetic.view_answer, width=a.width),
+        )
+    if cfg.recipe == "word_problems":
+        w = cfg.word_problems
+        return Recipe(
+            name="word_problems",
+            chars=None,
+            # Reads model.path (its chat template) only when splitting, in prepare.
+            make_splits=lambda seed: word_problems.make_splits(w, seed, tokenizer_path=cfg.model.path),
+            parse_answer=word_problems.parse_answer,
+            true_completion=word_problems.solve,
+            max_new_tokens=w.max_new_tokens,
         )
     if cfg.recipe == "prompts":
         p = cfg.prompts
