@@ -1,7 +1,7 @@
 """The looping self-improvement flow, and the nightly flow that continues a run.
 
 ``self_improve``: prepare, fine-tune, then rounds of sample -> filter -> retrain -> validate until a
-stop rule fires. GPU-bound stages go through :func:`flows.gpu_stages.run_stage` (the gpu pool's
+stop rule fires (:func:`selffeed.rounds.loop`, with this package's tasks as its stages). GPU-bound stages go through :func:`flows.gpu_stages.run_stage` (the gpu pool's
 workers when one is online, else this process). Every stage is cached under a content-addressed
 key, so running the flow again on the same run (a new run, the UI's Retry, ``prefect flow-run
 retry``) reuses completed stages and runs only what failed and what follows. One flow at a time
@@ -19,6 +19,7 @@ is (the ``selffeed`` command keeps its ``PREFECT_HOME`` under the runs directory
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from prefect import flow
@@ -26,7 +27,8 @@ from pydantic import Field
 
 from flows.gpu_stages import run_stage
 from selffeed.config import RunConfig
-from selffeed.runs import continued_config, next_difficulties, open_run
+from selffeed.rounds import Stages, run_rounds
+from selffeed.runs import continued_config
 from tasks.stages import for_run
 
 
@@ -34,28 +36,16 @@ from tasks.stages import for_run
 def self_improve(config: RunConfig = RunConfig()) -> dict[str, Any]:
     """Run the self-improvement loop for ``config``; returns the run record (best round, stop reason)."""
     t = for_run(config)
-    with open_run(config, owner=f"flow self-improve, run {config.name}"):
-        data = t.prepare(config)
-        model = run_stage("finetune", config, data=data)
-        history = [run_stage("validate", config, r=0, model=model, data=data).meta["metrics"]]
-        decision = t.decide(config, 0, history)
-        kept, models = [], [model]
-        r = 0
-        while not decision["stopped"]:
-            r += 1
-            upstream = []
-            if config.loop.mix != "seed_only":  # the control arm trains on seed data alone
-                difficulties = next_difficulties(config, data, history)
-                samples = run_stage("sample", config, r=r, model=model, data=data, difficulties=difficulties)
-                ensemble = models[-(config.filter.ensemble_rounds + 1) :] if config.filter.ensemble_rounds else None
-                filtered = t.filter_samples(config, r, samples, ensemble, earlier=list(kept))
-                kept.append(filtered)
-                upstream = [samples, filtered]
-            model = run_stage("retrain", config, r=r, previous=model, data=data, kept=kept)
-            models.append(model)
-            history.append(run_stage("validate", config, r=r, model=model, data=data, upstream=upstream).meta["metrics"])
-            decision = t.decide(config, r, history)
-    return decision
+    gpu = functools.partial
+    return run_rounds(config, Stages(
+        prepare=lambda cfg: t.prepare(cfg),
+        finetune=gpu(run_stage, "finetune"),
+        sample=gpu(run_stage, "sample"),
+        filter_samples=lambda cfg, **kw: t.filter_samples(cfg, **kw),
+        retrain=gpu(run_stage, "retrain"),
+        validate=gpu(run_stage, "validate"),
+        decide=lambda cfg, r, history: t.decide(cfg, r, history),
+    ), owner=f"flow self-improve, run {config.name}")
 
 
 @flow(name="nightly", flow_run_name="{run_name}-nightly", validate_parameters=True)
