@@ -75,9 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 def _prefect_env(cfg: RunConfig) -> None:
     # Keep Prefect's embedded database and result files inside the run area, not the user's home;
     # must happen before prefect is first imported.
-    home = Path(cfg.runs_dir).resolve() / ".prefect"
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PREFECT_HOME", str(home))
+    # Nothing is created yet: a bad config must leave no trace (the server makes the directory).
+    os.environ.setdefault("PREFECT_HOME", str(Path(cfg.runs_dir).resolve() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # the client's telemetry switch (Prefect has no setting for it)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -86,6 +85,7 @@ def _prefect_env(cfg: RunConfig) -> None:
 
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_server_started = False
 
 
 def _start_tied_server() -> None:
@@ -116,6 +116,10 @@ def _start_tied_server() -> None:
             finally:
                 subprocess.Popen = popen
 
+    global _server_started
+    if _server_started:
+        return
+    _server_started = True
     TiedServer().start()  # registered as Prefect's default server: every later SubprocessASGIServer() is this one
 
 
@@ -144,19 +148,34 @@ def quiet_libraries() -> None:
 
 
 def _run_flow(cfg: RunConfig) -> list[dict]:
-    from flows.self_improve import self_improve
+    """The run's rounds: replayed from its cache when every stage is done (no server, no torch), else
+    through the self-improve flow."""
+    from flows.replay import replay
+    from selffeed.layout import RunLayout
     from selffeed.runs import read_history
-    from selffeed.stages import layout_of
 
     t0 = time.perf_counter()
-    record = self_improve(cfg)
-    history = read_history(layout_of(cfg))
+    record = replay(cfg)
+    how = "every stage cached, nothing ran"
+    if record is None:
+        from selffeed.checks import preflight
+
+        preflight(cfg)
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # the server's database lives here
+        _start_tied_server()
+        quiet_libraries()
+        from flows.self_improve import self_improve
+
+        record = self_improve(cfg)
+        how = ""
+    history = read_history(RunLayout.of(cfg.runs_dir, cfg.name))
     # Rounds left over from an earlier, longer run of the same name are not part of this one.
     history = [m for m in history if m["round"] in record["rounds"]]
     from selffeed.report import round_table
 
-    print(f"\nrun {cfg.name}: {len(history) - 1} rounds in {time.perf_counter() - t0:.0f} s; "
-          f"best round {record['best_round']} ({record['metric']}); stopped: {record['stop_reason']}")
+    print(f"\nrun {cfg.name}: {len(history) - 1} rounds in {time.perf_counter() - t0:.0f} s"
+          f"{f' ({how})' if how else ''}; best round {record['best_round']} ({record['metric']}); "
+          f"stopped: {record['stop_reason']}")
     print(round_table(history, record["metric"]))
     print(f"best model: {record['best_model']}", flush=True)
     return history
@@ -170,18 +189,14 @@ def _warn(cfg: RunConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from selffeed.checks import preflight
+    from selffeed.layout import RunLayout
     from selffeed.lock import assert_unlocked
-    from selffeed.stages import layout_of
 
     cfg = load_config(args.config, args.overrides)
-    preflight(cfg)
     _warn(cfg)
-    assert_unlocked(layout_of(cfg).lock)
+    assert_unlocked(RunLayout.of(cfg.runs_dir, cfg.name).lock)
     _prefect_env(cfg)
-    _start_tied_server()
-    quiet_libraries()
-    history = _run_flow(cfg)
+    history = _run_flow(cfg)  # checks the input (preflight) before it writes anything
     if args.control:
         from selffeed.report import comparison
 
@@ -285,10 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console command, not a call from Python
         _reexec_with_tcmalloc()
         _exit_on_sigterm()
-    from selffeed.lock import RunLocked
-    from selffeed.model import ModelLoadError
-    from selffeed.schema import SchemaError
-
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # argparse cannot take positionals after an option (`experiment c.yaml --seeds 3 k=v`): such
@@ -301,12 +312,17 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "run": cmd_run, "status": cmd_status, "experiment": cmd_experiment, "import-gguf": cmd_import_gguf,
         }[args.command](args)
-    except (ConfigError, ModelLoadError, SchemaError) as err:
+    except Exception as err:
+        # Imported here, not above: selffeed.model loads torch and transformers (~4 s), which a re-run
+        # answered from its cache never needs.
+        from selffeed.lock import RunLocked
+        from selffeed.model import ModelLoadError
+        from selffeed.schema import SchemaError
+
+        if not isinstance(err, ConfigError | ModelLoadError | SchemaError | RunLocked):
+            raise
         print(f"selffeed: error: {err}", file=sys.stderr)
-        return 2
-    except RunLocked as err:
-        print(f"selffeed: error: {err}", file=sys.stderr)
-        return 3
+        return 3 if isinstance(err, RunLocked) else 2
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The stage calls are passed in, so the Prefect flow (its cached tasks, GPU routing) and a plain run (the
 functions of :mod:`selffeed.stages`) run the same loop::
 
-    from selffeed.rounds import PLAIN, run_rounds
-    record = run_rounds(load_config("data/configs/word_problems.yaml"), PLAIN)
+    from selffeed.rounds import run_rounds
+    record = run_rounds(load_config("data/configs/word_problems.yaml"))   # plain stages
 
 A plain run holds the run's writer lock and writes the same files, but caches nothing: an interrupted
 plain run starts again from prepare (``selffeed run`` resumes, through Prefect's cache).
@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from selffeed import stages
 from selffeed.config import ConfigError, RunConfig, load_config
-from selffeed.experiment import ARMS, arm_config, parse_arms, report_markdown, seeds_of, summarize_runs, write_report
-from selffeed.layout import ExperimentLayout, atomic_path
 from selffeed.manifest import Manifest, make_manifest
 from selffeed.runs import decide, next_difficulties, open_run
+
+# selffeed.stages (torch, transformers: ~4 s) is imported where a stage runs, not here, so that walking
+# the loop over cached results (flows/replay.py) starts in well under a second.
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,15 @@ class Stages:
     decide: Callable[..., dict[str, Any]]
 
 
-PLAIN = Stages(
-    prepare=stages.prepare, finetune=stages.finetune, sample=stages.sample, filter_samples=stages.filter_samples,
-    retrain=stages.retrain, validate=stages.validate, decide=lambda cfg, r, history: decide(cfg, history),
-)
-"""The stages as plain function calls in this process."""
+def plain() -> Stages:
+    """The stages as plain function calls in this process."""
+    from selffeed import stages
+
+    return Stages(
+        prepare=stages.prepare, finetune=stages.finetune, sample=stages.sample,
+        filter_samples=stages.filter_samples, retrain=stages.retrain, validate=stages.validate,
+        decide=lambda cfg, r, history: decide(cfg, history),
+    )
 
 
 def loop(cfg: RunConfig, s: Stages, first: tuple[Manifest, Manifest] | None = None) -> dict[str, Any]:
@@ -78,16 +82,20 @@ def loop(cfg: RunConfig, s: Stages, first: tuple[Manifest, Manifest] | None = No
     return decision
 
 
-def run_rounds(cfg: RunConfig, s: Stages = PLAIN, owner: str | None = None,
+def run_rounds(cfg: RunConfig, s: Stages | None = None, owner: str | None = None,
                first: tuple[Manifest, Manifest] | None = None) -> dict[str, Any]:
-    """:func:`loop` while holding ``cfg``'s run directory (its writer lock, config.yaml)."""
+    """:func:`loop` (by default over :func:`plain` stages) while holding ``cfg``'s run directory (its writer
+    lock, config.yaml)."""
     with open_run(cfg, owner=owner or f"plain run {cfg.name}"):
-        return loop(cfg, s, first)
+        return loop(cfg, s or plain(), first)
 
 
 def adopt_round0(cfg: RunConfig, model: Manifest) -> Manifest:
     """``model`` (another run's round-0 checkpoint, fine-tuned with the same seed, data and settings) copied
     into ``cfg``'s run as its own round 0, so the arms of an experiment fine-tune once per seed."""
+    from selffeed import stages
+    from selffeed.layout import atomic_path
+
     dest = stages.layout_of(cfg).model(0)
     with atomic_path(dest) as tmp:
         shutil.copytree(model.path("model"), tmp)
@@ -96,6 +104,9 @@ def adopt_round0(cfg: RunConfig, model: Manifest) -> Manifest:
 
 def run_experiment(cfg: RunConfig, arms: list[str], seeds: int) -> None:
     """Every arm for every seed, plainly (no Prefect), arms of a seed sharing its round-0 fine-tune."""
+    from selffeed import stages
+    from selffeed.experiment import arm_config, seeds_of
+
     for seed in seeds_of(cfg, seeds):
         shared: Manifest | None = None
         for arm in arms:
@@ -109,7 +120,7 @@ def run_experiment(cfg: RunConfig, arms: list[str], seeds: int) -> None:
                     data = stages.prepare(arm_cfg)
                     shared = stages.finetune(arm_cfg, data)
                     first = (data, shared)
-                record = loop(arm_cfg, PLAIN, first)
+                record = loop(arm_cfg, plain(), first)
             print(f"{arm_cfg.name}: best round {record['best_round']} ({record['stop_reason']}), "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -117,6 +128,9 @@ def run_experiment(cfg: RunConfig, arms: list[str], seeds: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m selffeed.rounds CONFIG [key=value ...] [--arms ...] [--seeds N] [--report]``: an experiment
     without Prefect (e.g. on a GPU box that has only the core library's dependencies), then its report."""
+    from selffeed.experiment import ARMS, parse_arms, report_markdown, summarize_runs, write_report
+    from selffeed.layout import ExperimentLayout
+
     p = argparse.ArgumentParser(prog="python -m selffeed.rounds", description=main.__doc__)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key=value")

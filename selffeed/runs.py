@@ -27,11 +27,21 @@ def next_difficulties(cfg: RunConfig, data: Manifest, history: list[dict[str, An
 
 
 def decide(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Record best round and stop reason in ``run.json``; returns that record."""
+    """Record best round and stop reason in ``run.json`` and point ``best`` at that round's model; returns
+    the record."""
+    record = decision(cfg, history)
+    lay = RunLayout.of(cfg.runs_dir, cfg.name)
+    point_to(lay.best, lay.model(record["best_round"]))
+    write_json(lay.run_json, record)
+    return record
+
+
+def decision(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best round and stop reason after ``history``, written nowhere."""
     reason = audit_stop(history, cfg.audit.min_precision) or stop_reason(history, cfg.loop)
     lay = RunLayout.of(cfg.runs_dir, cfg.name)
     best = best_round(history, cfg.loop)
-    record = {
+    return {
         "name": cfg.name,
         "rounds": [m["round"] for m in history],
         "best_round": best,
@@ -41,9 +51,6 @@ def decide(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
         "best_model": str(lay.model(best)),
         "export": str(lay.best),
     }
-    point_to(lay.best, lay.model(best))
-    write_json(lay.run_json, record)
-    return record
 
 
 def read_history(lay: RunLayout) -> list[dict[str, Any]]:

@@ -37,6 +37,12 @@ def test_help_lists_run():
     assert "run" in out.stdout
 
 
+def _table(stdout: str, name: str) -> str:
+    """The round table the command printed for run ``name``, up to its best-model line."""
+    after = stdout.split(f"run {name}: ", 1)[1]
+    return after.split("\n", 1)[1].split("best model:")[0]
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_cli_runs_the_flow_with_its_own_prefect_home(tmp_path):
@@ -54,3 +60,35 @@ def test_cli_runs_the_flow_with_its_own_prefect_home(tmp_path):
     assert (runs / "tiny" / "round-001" / "kept.parquet").is_file()
     assert (runs / "tiny-seed-only" / "round-001" / "model" / "model.safetensors").is_file()
 
+    # A re-run of the finished run is answered from its cache: no Prefect server, no flow run, same table.
+    again = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", CONFIG, *overrides],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(every stage cached, nothing ran)" in again.stdout and "self-improve" not in again.stdout
+    assert _table(again.stdout, "tiny") == _table(proc.stdout, "tiny")
+    assert (runs / "tiny" / "run.json").is_file()
+
+
+@pytest.mark.slow
+def test_replay_misses_on_a_changed_setting_or_a_lost_file(tmp_path, monkeypatch):
+    """Only a run whose every stage is cached under its current key, files intact, is replayed; a miss
+    writes nothing, so the flow runs and records the work."""
+    from flows.replay import replay
+    from selffeed.config import load_config
+    from selffeed.layout import RunLayout
+    from tests.conftest import tiny_overrides as tiny
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "runs" / ".prefect"))
+    cfg = load_config(CONFIG, tiny(tmp_path / "runs"))
+    assert replay(cfg) is None  # nothing ran yet
+    assert main(["run", CONFIG, *tiny(tmp_path / "runs")]) == 0
+    lay = RunLayout.of(cfg.runs_dir, cfg.name)
+    record = replay(cfg)
+    assert record is not None and record["rounds"] == [0, 1]
+    stamp = lay.run_json.stat().st_mtime_ns
+    changed = load_config(CONFIG, tiny(tmp_path / "runs", **{"retrain.steps": 3}))
+    assert replay(changed) is None and lay.run_json.stat().st_mtime_ns == stamp
+    (lay.kept(1)).unlink()
+    assert replay(cfg) is None
