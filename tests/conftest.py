@@ -17,6 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pytest
+
+import selffeed  # noqa: F401  (before torch: sets the OpenMP spin that lets a run share cores with the tests)
 import torch
 
 from selffeed.config import ModelConfig, RunConfig, load_config
