@@ -48,8 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields, e.g. sample.k=4")
     run.add_argument(
         "--control",
-        action="store_true",
-        help="also run the seed-only control arm (same rounds and steps, no generated data) and compare",
+        nargs="?",
+        const="seed-only",
+        choices=["seed-only", "unguarded"],
+        help="also run a control arm with the same rounds and steps and compare: seed-only (no generated data; "
+        "the default) or unguarded (the loop with replacement and no guards: constrained_stories)",
     )
     status = sub.add_parser("status", help="list a run's rounds and stages (done/stale/missing) from its files")
     status.add_argument("run_dir", help="run directory, e.g. runs/arith-demo")
@@ -200,16 +203,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.control:
         from selffeed.report import comparison
 
-        rounds = history[-1]["round"]
-        control = cfg.model_copy(deep=True)
-        control.name = f"{cfg.name}-seed-only"
-        control.loop.mix = "seed_only"
-        control.loop.max_rounds = rounds
-        control.loop.patience = rounds + 1  # same number of rounds and steps as the main arm
-        control.loop.loss_threshold = None
+        from selffeed.experiment import control_config
+
+        control = control_config(cfg, args.control, rounds=history[-1]["round"])
         control_history = _run_flow(control)
         print()
-        print(comparison(history, control_history), flush=True)
+        print(comparison(history, control_history, label=args.control), flush=True)
     return 0
 
 

@@ -176,6 +176,43 @@ class WordProblemsConfig(_Section):
     )
 
 
+class ConstrainedStoriesConfig(_Section):
+    """The constrained-story recipe: "Once upon a time" stories that must use given words, within a length band,
+    ending with a full sentence; no story is labelled, a program checks the constraints. The guards keep the
+    loop from winning by degenerating (see docs/stories.md)."""
+
+    words: list[str] | None = Field(
+        None, description="Word list the required words are drawn from; empty: the recipe's 60 concrete nouns."
+    )
+    words_per_story: int = Field(3, ge=1, le=6, description="Required words per prompt.")
+    min_words: int = Field(40, ge=1, description="Length band asked for and checked: fewest words.")
+    max_words: int = Field(150, ge=1, description="Length band asked for and checked: most words.")
+    pool_per_round: int = Field(48, ge=1, description="Unlabelled prompts sampled each round.")
+    pool_slices: int = Field(4, ge=1, description="Disjoint pool slices; round r uses slice (r-1) mod this.")
+    val_prompts: int = Field(48, ge=1, description="Held-out validation prompts (pick the best round).")
+    test_prompts: int = Field(96, ge=1, description="Held-out test prompts (reported only).")
+    max_new_tokens: int = Field(224, ge=8, description="Longest story sampled or validated (tokens); a story cut "
+                                "off here fails the ending constraint.")
+    max_repeat_ratio: float | None = Field(
+        0.2, gt=0, le=1, description="Guard: drop stories whose share of repeated word 3-grams is at least this "
+        "(loops); empty disables.",
+    )
+    near_dup: float | None = Field(
+        0.5, gt=0, le=1, description="Guard: drop stories whose word 3-gram Jaccard similarity with a story kept "
+        "before (this round or earlier) is at least this; empty disables.",
+    )
+    max_ref_perplexity: float | None = Field(
+        None, gt=1, description="Guard: drop stories whose perplexity under the frozen base model (model.path) "
+        "exceeds this (a word list is not a story); empty disables.",
+    )
+
+    @model_validator(mode="after")
+    def check_band(self) -> ConstrainedStoriesConfig:
+        if self.min_words > self.max_words:
+            raise ValueError(f"constrained_stories.min_words ({self.min_words}) is above max_words ({self.max_words})")
+        return self
+
+
 class ModelConfig(_Section):
     """Which causal LM to start from: a local checkpoint, or a tiny GPT-2 built from this config."""
 
@@ -199,7 +236,8 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """AdamW on cross-entropy of the completion tokens, for a fixed number of optimizer steps."""
 
-    steps: int = Field(800, ge=1, description="Optimizer steps.")
+    steps: int = Field(800, ge=0, description="Optimizer steps; 0 keeps the base model as it is (round 0 of a "
+                       "recipe without labelled seed data).")
     batch_size: int = Field(128, ge=1, description="Sequences per step.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
     betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas.")
@@ -440,9 +478,12 @@ class RunConfig(_Section):
     runs_dir: str = Field("runs", description="Parent directory of all runs.")
     seed: int = Field(0, ge=0, description="Seed for data, init, training and sampling.")
     threads: int = Field(2, ge=1, description="torch intra-op threads (results depend on it).")
-    recipe: Literal["arithmetic", "prompts", "text", "word_problems"] = Field("arithmetic", description="Task recipe.")
+    recipe: Literal["arithmetic", "prompts", "text", "word_problems", "constrained_stories"] = Field(
+        "arithmetic", description="Task recipe."
+    )
     arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
     word_problems: WordProblemsConfig = Field(default_factory=WordProblemsConfig)
+    constrained_stories: ConstrainedStoriesConfig = Field(default_factory=ConstrainedStoriesConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -469,15 +510,21 @@ class RunConfig(_Section):
         scored = self.recipe == "prompts"
         if scored and not self.prompts.data:
             raise ValueError("prompts.data: required when recipe is prompts (a .parquet/.jsonl/.csv file or directory)")
+        scored = scored or self.recipe == "constrained_stories"  # its scorer checks the prompt's constraints
         text_scored = self.recipe == "text" and self.text.scorer is not None
         if not scored and (self.filter.best_of_k or self.filter.min_score is not None and not text_scored):
             raise ValueError("filter.min_score / filter.best_of_k: need a scorer (recipe: prompts, or text.scorer)")
+        if self.recipe == "constrained_stories" and self.constrained_stories.max_ref_perplexity and not self.model.path:
+            raise ValueError("constrained_stories.max_ref_perplexity: needs model.path (the frozen base model that "
+                             "judges the stories); set it, or empty max_ref_perplexity")
         conflict = _label_free_conflict(self) if self.filter.label_free else None
         if conflict:
             raise ValueError(conflict)
-        allowed = [metric_name(self.prompts.scorer)] if scored else ["accuracy_hardest", "accuracy"]
+        allowed = [metric_name(self.prompts.scorer)] if self.recipe == "prompts" else ["accuracy_hardest", "accuracy"]
         if self.recipe == "text":
             allowed = ["perplexity", "loss", "distinct_2", "distinct_1", "self_bleu", "wellformed"]
+        if self.recipe == "constrained_stories":
+            allowed = ["constraints_met", "constraint_score"]
         if "metric" not in self.loop.model_fields_set:
             self.loop.metric = allowed[0]
         elif self.loop.metric not in allowed:

@@ -55,6 +55,31 @@ def seeds_of(cfg: RunConfig, seeds: int) -> list[int]:
     return list(range(cfg.seed, cfg.seed + seeds))
 
 
+def control_config(cfg: RunConfig, kind: str, rounds: int) -> RunConfig:
+    """The control arm ``selffeed run --control`` runs beside ``cfg``, named ``<name>-<kind>``, for exactly
+    ``rounds`` rounds with the same training steps: ``seed-only`` trains on the seed alone each round;
+    ``unguarded`` (constrained_stories) keeps the best of k by the constraint checker alone and trains on
+    the last round's stories alone (loop.mix=replace): no repetition, near-duplicate or base-model
+    perplexity filter and no collapse guard, to show what the guards prevent."""
+    control = cfg.model_copy(deep=True)
+    control.name = f"{cfg.name}-{kind}"
+    if kind == "seed-only":
+        control.loop.mix = "seed_only"
+    elif kind == "unguarded":
+        if cfg.recipe != "constrained_stories":
+            raise ConfigError(f"--control unguarded: recipe {cfg.recipe} has no guards to drop (constrained_stories)")
+        s = control.constrained_stories
+        s.max_repeat_ratio = s.near_dup = s.max_ref_perplexity = None
+        control.loop.mix = "replace"
+        control.loop.max_perplexity_rise = control.loop.max_diversity_drop = None
+    else:
+        raise ConfigError(f"--control {kind}: expected seed-only or unguarded")
+    control.loop.max_rounds = rounds
+    control.loop.patience = rounds + 1  # same number of rounds and steps as the main arm
+    control.loop.loss_threshold = None
+    return control
+
+
 def arm_config(cfg: RunConfig, arm: str, seed: int) -> RunConfig:
     """``cfg`` turned into ``arm`` with ``seed``, named ``<name>-<arm>-s<seed>``; every arm runs exactly
     ``loop.max_rounds`` rounds (stop rules off, ``audit.min_precision`` included) with the same training steps."""

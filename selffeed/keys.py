@@ -141,7 +141,7 @@ def covered_files(stage: str, cfg: RunConfig) -> list[Path]:
 def data_files(stage: str, cfg: RunConfig) -> dict[str, str | None]:
     """Digests of the files the config names that ``stage`` reads."""
     out: dict[str, str | None] = {}
-    if cfg.model.path and "model" in STAGE_CONFIG[stage]:
+    if cfg.model.path and {"model", "model.path"} & set(STAGE_CONFIG[stage]):
         out["model.path"] = content_digest(cfg.model.path)
     if stage == "prepare" and cfg.recipe == "prompts":
         out["prompts.data"] = content_digest(cfg.prompts.data)

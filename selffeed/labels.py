@@ -12,8 +12,9 @@ reporting and the audit may consult. Plain functions over a config, frames and m
 - ``oracle``: rows labelled with true answers (``filter.oracle``, the oracle control arm);
 - ``audit``: answers the audit checked when ``audit.min_precision`` is set (a low estimate stops the
   loop); without it they only inform the report and are counted as ``audit_reported``;
-- ``validation``: the held-out validation split, which picks the best round and drives patience
-  and the curriculum (the test split decides nothing and is not counted).
+- ``validation``: the labelled rows of the held-out validation split, which picks the best round and
+  drives patience and the curriculum (the test split decides nothing and is not counted; prompts whose
+  answers a program checks, as the constrained-story recipe's, carry no label).
 
 ``total`` adds up every kind that can change training, stopping or the best round (all but
 ``audit_reported``). ``filter.label_free`` refuses the settings behind ``references``, ``oracle`` and
@@ -134,6 +135,13 @@ def _rows(data: Manifest, split: str) -> int:
     return pq.read_metadata(data.path(split)).num_rows
 
 
+def _labelled_rows(data: Manifest, split: str) -> int:
+    """Rows of ``split`` that carry a label: a completion (the constrained-story recipe's held-out prompts
+    have none; a program checks their stories) or a reference."""
+    df = pq.read_table(data.path(split), columns=["completion", "reference"]).to_pandas()
+    return int(((df["completion"] != "") | df["reference"].notna()).sum())
+
+
 def labels_used(
     cfg: RunConfig, r: int, data: Manifest, model: Manifest, upstream: list[Manifest] | None = None
 ) -> dict[str, int]:
@@ -151,7 +159,7 @@ def labels_used(
         "oracle": 0,
         "audit": 0,
         "audit_reported": 0,
-        "validation": _rows(data, "val"),
+        "validation": _labelled_rows(data, "val"),
     }
     filtered = _stage(upstream, "filter")
     if filtered is not None:  # the filter stage counted the labels it consumed (filter_labels)

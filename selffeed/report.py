@@ -37,6 +37,8 @@ def round_table(history: Sequence[dict[str, Any]], metric: str | None = None) ->
     test metric instead of precision and accuracies.
     """
     history = [on_test(m, metric) for m in history]
+    if "constraints_met" in history[0]:
+        return _stories_table(history)
     if "distinct_2" in history[0]:
         return _text_table(history)
     if "metric" in history[0]:
@@ -96,6 +98,30 @@ def _text_table(history: Sequence[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+def _stories_table(history: Sequence[dict[str, Any]]) -> str:
+    """Constrained stories: kept stories, the share of greedy stories meeting every constraint and each group's
+    rate, and the guards' figures on sampled stories (distinct-2, repeated 3-grams, perplexity under the
+    frozen base model, length)."""
+    stages = ["finetune", "sample", "filter", "retrain", "validate"]
+    val = any(m.get("val") is not None for m in history)
+    head = (["round", "train", "kept", "all_met", "opening", "words", "length", "ending", "dist-2", "repeat",
+             "ref_ppl", "words/story"] + (["val"] if val else []) + ["labels"] + [f"{s}_s" for s in stages])
+    rows = [head]
+    for m in history:
+        times = m.get("seconds", {})
+        rows.append(
+            [str(m["round"]), _fmt(m.get("train_size"), "d"), _fmt(m.get("kept"), "d"), _fmt(m["constraints_met"])]
+            + [_fmt(m.get(f"met_{k}")) for k in ("opening", "words", "length", "ending")]
+            + [_fmt(m["distinct_2"]), _fmt(m["repeat_ratio"]), _fmt(m.get("perplexity"), ".2f"),
+               _fmt(m.get("mean_words"), ".0f")]
+            + ([_fmt(m.get("val"))] if val else [])
+            + [_labels(m)]
+            + [_fmt(times.get(s), ".1f") for s in stages]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
 def _scored_table(history: Sequence[dict[str, Any]]) -> str:
     name = history[0]["metric"]
     stages = ["finetune", "sample", "filter", "retrain", "validate"]
@@ -119,6 +145,14 @@ def _scored_table(history: Sequence[dict[str, Any]]) -> str:
 def comparison(main: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]], label: str = "seed-only") -> str:
     """Final-round test accuracy per difficulty of the loop vs a control with the same steps."""
     a, b = on_test(main[-1]), on_test(control[-1])
+    if "constraints_met" in a:  # stories: the constraints and every guard's figure, side by side
+        lines = [f"final round {a['round']} (same rounds and training steps in both arms)",
+                 f"{'metric':>16}  {'self-improve':>12}  {label:>12}  {'delta':>7}"]
+        for name in ("constraints_met", "constraint_score", "distinct_2", "repeat_ratio", "perplexity"):
+            x, y = a.get(name), b.get(name)
+            delta = "-" if x is None or y is None else format(x - y, "+7.3f")
+            lines.append(f"{name:>16}  {_fmt(x):>12}  {_fmt(y):>12}  {delta:>7}")
+        return "\n".join(lines)
     if "metric" in a or "distinct_2" in a:  # a scored or text recipe: one validation metric, no buckets
         name = a.get("metric", "perplexity")
         return "\n".join([
@@ -148,7 +182,7 @@ def round_markdown(name: str, history: Sequence[dict[str, Any]], record: dict[st
     lines = [
         f"# {name}: round {last['round']}",
         "",
-        f"- test {metric} {last[metric]:.3f}, loss {last['loss']:.4f}",
+        f"- test {metric} {last[metric]:.3f}, loss {_fmt(last.get('loss'), '.4f')}",
         f"- kept {_fmt(last.get('kept'), 'd')} rows, precision {_fmt(last.get('kept_precision'))}",
         f"- best round so far: {record['best_round']} ({record['metric']})",
         f"- stopped: {record['stop_reason'] or 'no'}",

@@ -39,6 +39,7 @@ from selffeed.precision import compute_dtype, name as precision_name
 from selffeed.recipes import recipe_for
 from selffeed.recipes.prompts import chars_of
 from selffeed.scorers import score_rows
+from selffeed.story_checks import evaluate_stories, story_filters
 from selffeed.keys import stage_key
 from selffeed.sample import generate_batches, plan_batches, samples_frame
 from selffeed.text_filters import apply_text_filters, documents
@@ -100,9 +101,13 @@ def _train_and_save(
 ) -> Manifest:
     model = with_lora(model, train_cfg)  # unchanged when train_cfg.lora_r == 0
     amp = compute_dtype(cfg, next(model.parameters()).device)
-    stats = train(
-        model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}", progress=progress, amp=amp
-    )
+    stats = None
+    # No steps, or nothing to train on (a recipe without seed data whose round kept nothing): the round's
+    # model is its starting model as it is.
+    if train_cfg.steps and len(mix):
+        stats = train(
+            model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}", progress=progress, amp=amp
+        )
     model = merge_lora(model)  # saved checkpoints stay plain HF causal LMs
     path = layout_of(cfg).model(r)
     save_checkpoint(model, tokenizer, path)
@@ -114,9 +119,9 @@ def _train_and_save(
         train_size=len(mix),
         generated_rows=int((mix["source"] == "generated").sum()) if "source" in mix else 0,
         kept_new=n_kept,
-        train_loss=stats.final_loss,
-        train_tokens=stats.tokens,
-        steps=stats.steps,
+        train_loss=stats.final_loss if stats else None,
+        train_tokens=stats.tokens if stats else 0,
+        steps=stats.steps if stats else 0,
         precision=precision_name(amp),
         seconds=time.perf_counter() - t0,
     )
@@ -154,7 +159,10 @@ def sample(
     recipe = recipe_for(cfg)
     pool = schema.read(data.path("pool"), schema.POOL)
     # Only the active recipe's section is read: it alone is in this stage's key.
-    per_round = getattr(cfg, cfg.recipe).pool_per_round if cfg.recipe in ("arithmetic", "word_problems") else None
+    per_round = (
+        getattr(cfg, cfg.recipe).pool_per_round
+        if cfg.recipe in ("arithmetic", "word_problems", "constrained_stories") else None
+    )
     pool = round_pool(pool, r, difficulties, per_round)
     pool = with_views(pool, recipe.views) if cfg.filter.views and recipe.views else pool.assign(view=0)
     k = 1 if cfg.sample.greedy else cfg.sample.k
@@ -250,6 +258,10 @@ def filter_samples(
             ]
     if cfg.recipe == "text":  # free text: no vote; repetition, duplicate and perplexity filters instead
         kept = apply_text_filters(df, cfg, earlier=_documents(earlier or []))
+    elif cfg.recipe == "constrained_stories":  # best of k that meets the constraints and passes the guards
+        _threads(cfg)
+        stories = [c for m in earlier or [] for c in schema.read(m.path("kept"), schema.KEPT)["completion"]]
+        kept = story_filters(df, cfg, earlier=stories, reference=_reference(cfg))
     else:
         kept = oracle_kept(cfg, df) if cfg.filter.oracle else apply_filters(df, cfg.filter, ensemble_answers=answers)
     if mapped:
@@ -269,6 +281,11 @@ def filter_samples(
         labels=filter_labels(cfg, df, kept),
         seconds=time.perf_counter() - t0,
     )
+
+
+def _reference(cfg: RunConfig):
+    """The frozen base model (``model.path``) that judges how natural a story is; None without one."""
+    return load_checkpoint(cfg.model.path, compute_dtype(cfg)) if cfg.model.path else None
 
 
 def retrain(
@@ -301,8 +318,12 @@ def validate(
     recipe = recipe_for(cfg)
     lm, tokenizer = load_checkpoint(model.path("model"), compute_dtype(cfg))
 
+    reference = _reference(cfg) if cfg.recipe == "constrained_stories" else None
+
     def held_out(split: str) -> dict[str, Any]:
         df = schema.read(data.path(split), schema.LABELLED)
+        if cfg.recipe == "constrained_stories":
+            return evaluate_stories(lm, tokenizer, df, recipe.max_new_tokens, reference, cfg.sample, cfg.seed)
         if cfg.recipe == "text":
             return evaluate_text(
                 lm, tokenizer, df, cfg.sample, cfg.seed, recipe.max_new_tokens, cfg.text.diversity_prompts,

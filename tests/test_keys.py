@@ -47,10 +47,12 @@ NEVER_KEYED = (
 FIXED = {
     "arithmetic": ("filter.min_score", "filter.best_of_k"), "text": ("recipe",),
     "word_problems": ("filter.min_score", "filter.best_of_k"), "prompts": ("recipe", "loop.metric"),
+    "constrained_stories": ("recipe", "constrained_stories.max_ref_perplexity"),
 }
 """Fields a stage reads that the config allows no other value for alone: score filters need a scorer,
-these scored configs cannot become another recipe without dropping their score filter, and the prompts
-recipe's metric is its scorer's."""
+these scored configs cannot become another recipe without dropping their score filter, the prompts
+recipe's metric is its scorer's, and the story guard by the frozen base model needs model.path, which a
+tiny traced run has not (its whole section is in the filter's key all the same)."""
 
 VERIFIER = "def ok(prompt, completion):\n    return len(completion) > 0\n"
 SCORER = (
@@ -292,6 +294,18 @@ def word_problems_cfg(tmp_path: Path) -> RunConfig:
     ])
 
 
+def stories_cfg(tmp_path: Path) -> RunConfig:
+    # A tiny model has no frozen base checkpoint to judge stories with: that guard is off here.
+    return load_config(ROOT / "data/configs/stories.yaml", [
+        f"runs_dir={tmp_path / 'runs'}", "model.path=null", "constrained_stories.max_ref_perplexity=null",
+        "threads=1", "model.n_embd=16", "model.n_layer=1", "model.n_head=2", "model.n_inner=32",
+        "model.n_positions=256", "constrained_stories.pool_per_round=3", "constrained_stories.pool_slices=1",
+        "constrained_stories.val_prompts=2", "constrained_stories.test_prompts=2", "constrained_stories.max_new_tokens=8",
+        "constrained_stories.min_words=1", "filter.min_score=0", "retrain.steps=2", "retrain.progress=false",
+        "sample.k=2", "loop.max_rounds=2",
+    ])
+
+
 def extra_values(cfg: RunConfig, tmp_path: Path, trace_model: Path) -> dict[str, list[Any]]:
     """Values the type-based guesses cannot find: paths that must exist, specs that must load."""
     other = tmp_path / "other_verifier.py"
@@ -303,17 +317,18 @@ def extra_values(cfg: RunConfig, tmp_path: Path, trace_model: Path) -> dict[str,
         "text.scorer": [f"{other}:ok"],
         "prompts.data": [str(p) for p in (tmp_path / "data").glob("*.csv")] or [None],
         "name": ["renamed"],
-        "loop.metric": ["accuracy", "loss", "perplexity", "chrf", "bleu"],
+        "loop.metric": ["accuracy", "loss", "perplexity", "chrf", "bleu", "constraint_score"],
+        "constrained_stories.words": [["owl", "map", "key", "hat", "moon", "tree"]],
         "finetune.lora_target_modules": [["c_attn"]],
         "retrain.lora_target_modules": [["c_attn"]],
     }
 
 
-@pytest.fixture(scope="module", params=["arithmetic", "text", "prompts", "word_problems"])
+@pytest.fixture(scope="module", params=["arithmetic", "text", "prompts", "word_problems", "constrained_stories"])
 def traced(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp(request.param)
     cfg = {"arithmetic": arithmetic_cfg, "text": text_cfg, "prompts": prompts_cfg,
-           "word_problems": word_problems_cfg}[request.param](tmp_path)
+           "word_problems": word_problems_cfg, "constrained_stories": stories_cfg}[request.param](tmp_path)
     with pytest.MonkeyPatch.context() as monkeypatch:
         trace = run_traced(cfg, monkeypatch)
     lm, tok = load_checkpoint(stages.layout_of(cfg).model(0))

@@ -14,7 +14,7 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from selffeed.config import RunConfig
-from selffeed.recipes import arithmetic, prompts, stories, text, word_problems
+from selffeed.recipes import arithmetic, constrained_stories, prompts, stories, text, word_problems
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,18 @@ def recipe_for(cfg: RunConfig) -> Recipe:
             parse_answer=word_problems.parse_answer,
             true_completion=word_problems.solve,
             max_new_tokens=w.max_new_tokens,
+        )
+    if cfg.recipe == "constrained_stories":
+        c = cfg.constrained_stories
+        return Recipe(
+            name="constrained_stories",
+            chars=None,
+            make_splits=lambda seed: constrained_stories.make_splits(c, seed, tokenizer_path=cfg.model.path),
+            parse_answer=constrained_stories.parse_answer,
+            true_completion=None,
+            max_new_tokens=c.max_new_tokens,
+            scorer="selffeed.recipes.constrained_stories:constraint_score",
+            one_answer_per_prompt=False,
         )
     if cfg.recipe == "prompts":
         p = cfg.prompts
