@@ -54,3 +54,25 @@ def test_a_round_on_the_imported_model(smollm2, tmp_path):
     out = model.generate(**ids, max_new_tokens=24, do_sample=False)
     reply = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "7" in reply
+
+
+def test_greedy_sampling_equals_generate_on_the_imported_model(smollm2):
+    # The hand-written decode loop (its KV cache, its per-row stopping at the end-of-turn token) gives
+    # generate's greedy tokens on a real Llama-architecture chat model, in fp32.
+    from selffeed.config import SampleConfig
+    from selffeed.model import load_checkpoint
+    from selffeed.sample import sample_completions
+
+    model, tok = load_checkpoint(smollm2)
+    questions = ["What is 3 + 4?", "Name a colour.", "Write one sentence about the sea.", "Say hi."]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in questions]
+    out = sample_completions(model, tok, prompts, SampleConfig(greedy=True, batch_prompts=4), 0, 24)
+    for c, prompt in zip(out, prompts):  # one at a time: generate's own left padding cannot differ
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        row = model.generate(**enc, do_sample=False, max_new_tokens=24, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)[0, enc["input_ids"].shape[1]:].tolist()
+        n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+        assert c.n_tokens == n
+        assert c.text == tok.decode(row[: n - (tok.eos_token_id in row)], skip_special_tokens=True)
+    assert any(c.n_tokens < 24 for c in out), "wanted a reply that ends at the end-of-turn token"

@@ -141,3 +141,21 @@ def test_first_tokens_follow_the_model_distribution(tiny_model, tokenizer):
     for c in out:
         seen[0 if c.text == "" else tokenizer.convert_tokens_to_ids(c.text) - 2] += 1
     assert float((seen / seen.sum() - probs).abs().sum()) / 2 < 0.05  # total variation over 2,048 draws
+
+
+def test_models_without_a_cache_argument_sample_through_generate(tiny_model, tokenizer, monkeypatch):
+    # A model whose forward takes no KV cache (no logits_to_keep) goes through model.generate instead of the
+    # hand-written decode loop: same greedy text, token counts and log-probs; k seeded samples per prompt.
+    import selffeed.sample as sample
+
+    greedy = SampleConfig(greedy=True, batch_prompts=8)
+    fast = sample_completions(tiny_model, tokenizer, PROMPTS, greedy, 0, 6)
+    monkeypatch.setattr(sample, "_cache_argument", lambda model: None)
+    slow = sample_completions(tiny_model, tokenizer, PROMPTS, greedy, 0, 6)
+    assert [(c.text, c.n_tokens) for c in slow] == [(c.text, c.n_tokens) for c in fast]
+    assert [c.logprob for c in slow] == pytest.approx([c.logprob for c in fast], abs=1e-4)
+    cfg = SampleConfig(k=3, temperature=1.0, batch_prompts=8)
+    drawn = sample_completions(tiny_model, tokenizer, PROMPTS, cfg, 5, 6)
+    assert [(c.prompt_index, c.sample_idx) for c in drawn] == [(i, s) for i in range(len(PROMPTS)) for s in range(3)]
+    assert all(1 <= c.n_tokens <= 6 and c.logprob <= 0 for c in drawn)
+    assert [c.text for c in sample_completions(tiny_model, tokenizer, PROMPTS, cfg, 5, 6)] == [c.text for c in drawn]
