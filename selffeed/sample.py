@@ -118,7 +118,9 @@ class _ReservedLayer(DynamicLayer):
 def _reserve(cache, extra: int) -> None:
     """Give the plain dynamic layers of ``cache`` room for ``extra`` more positions (others are left as they are)."""
     for layer in getattr(cache, "layers", []):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
+        # is_initialized arrived in transformers 4.57; before it an empty layer's keys are None.
+        initialized = getattr(layer, "is_initialized", getattr(layer, "keys", None) is not None)
+        if type(layer) is DynamicLayer and initialized and layer.keys.numel():
             b, h, n, d = layer.keys.shape
             layer.key_buffer = layer.keys.new_empty((b, h, n + extra, layer.keys.shape[-1]))
             layer.value_buffer = layer.values.new_empty((b, h, n + extra, layer.values.shape[-1]))
@@ -230,7 +232,10 @@ def _generate_batch_hf(
     seed: int,
 ) -> list[tuple[str, int, float]]:
     """The same through ``model.generate``, for models whose forward takes no KV cache argument."""
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    # No token_type_ids: some tokenizers return them, and GPT-2 would add them to its embeddings.
+    enc = tokenizer(
+        list(prompts), return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False
+    ).to(model.device)
     torch.manual_seed(seed)
     sampling = {}
     if not cfg.greedy:
