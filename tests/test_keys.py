@@ -382,7 +382,9 @@ def test_user_code_model_content_and_library_versions_are_keyed(tmp_path, monkey
     weights = next((tmp_path / "ckpt").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\1")  # same path, other weights
     moved = {s: keys.stage_key(s, cfg, inputs_of(s)) for s in STAGES}
-    assert {s for s in STAGES if moved[s] != after[s]} == {"prepare", "finetune", "retrain"}
+    # Every stage that names model.path keys its content: the filter and validation of constrained stories
+    # load it as the frozen base model.
+    assert {s for s in STAGES if moved[s] != after[s]} == set(STAGES)
 
     keys.code_version.cache_clear()
     monkeypatch.setattr(keys, "library_versions", lambda: {"torch": "0.0.0"})
