@@ -70,7 +70,12 @@ def round_table(history: Sequence[dict[str, Any]], metric: str | None = None) ->
             + [_labels(m)]
             + [_fmt(times.get(s), ".1f") for s in stages]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return _grid(rows)
+
+
+def _grid(rows: list[list[str]]) -> str:
+    """Rows of cells as right-aligned columns two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
 
@@ -94,8 +99,7 @@ def _text_table(history: Sequence[dict[str, Any]]) -> str:
             + [_labels(m)]
             + [_fmt(times.get(s), ".1f") for s in stages]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+    return _grid(rows)
 
 
 def _stories_table(history: Sequence[dict[str, Any]]) -> str:
@@ -118,8 +122,7 @@ def _stories_table(history: Sequence[dict[str, Any]]) -> str:
             + [_labels(m)]
             + [_fmt(times.get(s), ".1f") for s in stages]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+    return _grid(rows)
 
 
 def _scored_table(history: Sequence[dict[str, Any]]) -> str:
@@ -138,8 +141,7 @@ def _scored_table(history: Sequence[dict[str, Any]]) -> str:
             + [_labels(m)]
             + [_fmt(times.get(s), ".1f") for s in stages]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+    return _grid(rows)
 
 
 def comparison(main: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]], label: str = "seed-only") -> str:

@@ -261,7 +261,8 @@ def filter_samples(
     elif cfg.recipe == "constrained_stories":  # best of k that meets the constraints and passes the guards
         _threads(cfg)
         stories = [c for m in earlier or [] for c in schema.read(m.path("kept"), schema.KEPT)["completion"]]
-        kept = story_filters(df, cfg, earlier=stories, reference=_reference(cfg))
+        judge = cfg.constrained_stories.max_ref_perplexity is not None  # else the base model is not read
+        kept = story_filters(df, cfg, earlier=stories, reference=_reference(cfg) if judge else None)
     else:
         kept = oracle_kept(cfg, df) if cfg.filter.oracle else apply_filters(df, cfg.filter, ensemble_answers=answers)
     if mapped:

@@ -19,49 +19,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selffeed.config import RunConfig, SampleConfig
 from selffeed.filters import best_of_k, length_ok, score_at_least
-from selffeed.finetune import IGNORE, collate, tokenize_examples
 from selffeed.recipes.constrained_stories import CONSTRAINTS, checks, score
 from selffeed.sample import sample_completions
 from selffeed.text_filters import near_dedup, repeat_ratio, repetition_ok
 from selffeed.text_metrics import distinct_n
+from selffeed.validate import completion_loss, token_nll
 
 Reference = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 """The frozen base model and its tokenizer, which judge how natural a story is."""
-
-
-@torch.inference_mode()
-def token_nll(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], completions: Sequence[str],
-    batch_size: int = 16,
-) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood, token count) of each completion (end of turn included) after its
-    prompt under ``model``."""
-    if not len(prompts):
-        return []
-    ds = tokenize_examples(pd.DataFrame({"prompt": list(prompts), "completion": list(completions)}), tokenizer)
-    columns = ds.to_dict()
-    ids_all, labels_all = columns["input_ids"], columns["labels"]
-    # Longest first, so a batch pads little; results go back to their rows.
-    order = sorted(range(len(ids_all)), key=lambda i: -len(ids_all[i]))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(ids_all)
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        ids, labels, mask = (t.to(model.device) for t in collate(ids_all, labels_all, idx, tokenizer.pad_token_id))
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none"
-        ).sum(dim=1)
-        counts = (target != IGNORE).sum(dim=1)
-        for j, i in enumerate(idx):
-            out[i] = (float(nll[j]), int(counts[j]))
-    return out
 
 
 def ref_perplexities(reference: Reference, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
@@ -157,8 +126,7 @@ def evaluate_stories(
         **{k: on_drawn[k] for k in ("distinct_1", "distinct_2", "repeat_ratio", "mean_words")},
     }
     if reference is not None:
-        nll = token_nll(*reference, prompts, drawn)
-        loss = sum(s for s, _ in nll) / max(sum(n for _, n in nll), 1)
+        loss = completion_loss(*reference, pd.DataFrame({"prompt": prompts, "completion": drawn}))
         metrics |= {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     metrics["examples"] = stories[:3]
     return metrics

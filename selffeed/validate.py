@@ -13,7 +13,7 @@ true completions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -27,26 +27,40 @@ from selffeed.scorers import metric_name, score_rows
 
 
 @torch.inference_mode()
+def token_nll(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], completions: Sequence[str],
+    batch_size: int = 16,
+) -> list[tuple[float, int]]:
+    """(summed cross-entropy, token count) of each completion (EOS included) after its prompt under ``model``."""
+    if not len(prompts):
+        return []
+    ds = tokenize_examples(pd.DataFrame({"prompt": list(prompts), "completion": list(completions)}), tokenizer)
+    columns = ds.to_dict()
+    ids_all, labels_all = columns["input_ids"], columns["labels"]
+    # Longest first, so a batch pads little; results go back to their rows.
+    order = sorted(range(len(ids_all)), key=lambda i: -len(ids_all[i]))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(ids_all)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, labels, mask = (t.to(model.device) for t in collate(ids_all, labels_all, idx, tokenizer.pad_token_id))
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none"
+        ).sum(dim=1)
+        counts = (target != IGNORE).sum(dim=1)
+        for j, i in enumerate(idx):
+            out[i] = (float(nll[j]), int(counts[j]))
+    return out
+
+
 def completion_loss(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, df: pd.DataFrame, batch_size: int = 256
 ) -> float:
     """Mean cross-entropy per completion token (EOS included) of ``df``'s true completions."""
-    ds = tokenize_examples(df, tokenizer)
-    model.eval()
-    total, count = 0.0, 0
-    columns = ds.to_dict()
-    ids_all, labels_all = columns["input_ids"], columns["labels"]
-    for start in range(0, len(ds), batch_size):
-        idx = list(range(start, min(start + batch_size, len(ds))))
-        ids, labels, mask = (t.to(model.device) for t in collate(ids_all, labels_all, idx, tokenizer.pad_token_id))
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
-        )
-        total += float(loss)
-        count += int((target != IGNORE).sum())
-    return total / max(count, 1)
+    nll = token_nll(model, tokenizer, list(df["prompt"]), list(df["completion"]), batch_size)
+    return sum(s for s, _ in nll) / max(sum(n for _, n in nll), 1)
 
 
 def exact_match(

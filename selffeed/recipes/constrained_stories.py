@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from selffeed.config import ConstrainedStoriesConfig
+from selffeed.recipes.prompts import chat_tokenizer, user_turn
 
 WORDS = (
     "apple", "river", "lantern", "dragon", "garden", "hat", "boat", "cookie", "moon", "bridge", "kite", "castle",
@@ -106,20 +107,11 @@ def parse_answer(completion: str) -> str | None:
     return completion.strip() or None
 
 
-def _chat(tokenizer_path: str | None):
-    if not tokenizer_path:
-        return None
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
-    return tok if tok.chat_template else None
-
-
 def prompt_of(text: str, chat) -> str:
     """The chat template's user turn for ``text`` (the bare request plus a newline without one)."""
     if chat is None:
         return f"{text}\n"
-    return chat.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return user_turn(chat, text)
 
 
 def _word_sets(rng: random.Random, words: Sequence[str], per: int, n: int, taken: set[frozenset[str]], field: str):
@@ -145,7 +137,7 @@ def make_splits(
     if len(set(words)) < cfg.words_per_story or any(not re.fullmatch(r"[a-z]+", w) for w in words):
         raise ValueError(f"constrained_stories.words: need at least {cfg.words_per_story} distinct lowercase words")
     rng, taken = random.Random(seed), set()
-    chat = _chat(tokenizer_path)
+    chat = chat_tokenizer(tokenizer_path)
 
     def frame(n: int, field: str) -> pd.DataFrame:
         sets = _word_sets(rng, words, cfg.words_per_story, n, taken, field)

@@ -85,13 +85,19 @@ def _format(template: str, row: dict[str, Any], index: int) -> str:
         raise DataError(f"prompts.template: cannot format '{template}' ({err})") from None
 
 
-def _chat(tokenizer_path: str | None, use: bool):
+def chat_tokenizer(tokenizer_path: str | None, use: bool = True):
+    """The tokenizer at ``tokenizer_path`` when ``use`` is set and it has a chat template, else None."""
     if not tokenizer_path or not use:
         return None
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
     return tok if tok.chat_template else None
+
+
+def user_turn(chat, text: str) -> str:
+    """``text`` as the user's turn of ``chat``'s template, ready for the assistant's reply."""
+    return chat.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
 
 def load_rows(cfg: PromptsConfig, tokenizer_path: str | None = None) -> pd.DataFrame:
@@ -109,13 +115,13 @@ def load_rows(cfg: PromptsConfig, tokenizer_path: str | None = None) -> pd.DataF
         raise DataError(f"{where}: {len(empty)} row(s) have an empty '{cfg.prompt_column}' (first: row {empty[0]})")
     completion = completion or reference or [None] * len(df)
     reference = reference or completion
-    tok = _chat(tokenizer_path, cfg.chat_template)
+    tok = chat_tokenizer(tokenizer_path, cfg.chat_template)
     records = df.to_dict("records")
     prompts = []
     for i, (row, text) in enumerate(zip(records, raw)):
         text = _format(cfg.template, {**row, "prompt": text}, i)
         if tok is not None:
-            text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+            text = user_turn(tok, text)
         prompts.append(text)
     return pd.DataFrame({"prompt": prompts, "completion": completion, "reference": reference, "split": split})
 

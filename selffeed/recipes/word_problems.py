@@ -21,6 +21,7 @@ import re
 import pandas as pd
 
 from selffeed.config import WordProblemsConfig
+from selffeed.recipes.prompts import chat_tokenizer, user_turn
 
 NAMES = ("Mia", "Leo", "Ava", "Ben", "Zoe", "Sam", "Ivy", "Max", "Lily", "Omar", "Nora", "Eli", "Ruby", "Finn",
          "Ada", "Hugo", "Tess", "Jack", "Maya", "Owen")
@@ -94,20 +95,11 @@ def parse_answer(completion: str) -> str | None:
     return str(int(found[-1])) if found else None
 
 
-def _chat(tokenizer_path: str | None, use: bool):
-    if not tokenizer_path or not use:
-        return None
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
-    return tok if tok.chat_template else None
-
-
 def prompt_of(text: str, chat) -> str:
     """The model's prompt for problem ``text``: the chat template's user turn, or ``Q: ... A:`` without one."""
     if chat is None:
         return f"Q: {text}\nA: "
-    return chat.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return user_turn(chat, text)
 
 
 def _problems(
@@ -147,7 +139,7 @@ def make_splits(cfg: WordProblemsConfig, seed: int, tokenizer_path: str | None =
     per = cfg.pool_per_round * cfg.pool_slices
     pool = _problems(rng, cfg.pool_steps, per * len(cfg.pool_steps), cfg.max_number, taken, "pool_steps")
     pool["slice"] = pool.groupby("difficulty").cumcount() // cfg.pool_per_round
-    chat = _chat(tokenizer_path, cfg.chat_template)
+    chat = chat_tokenizer(tokenizer_path, cfg.chat_template)
     for df in (test, val, seed_df, pool):
         df.insert(0, "prompt", [prompt_of(t, chat) for t in df.pop("text")])
     pool = pool.drop(columns="completion")
