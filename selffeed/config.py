@@ -267,6 +267,11 @@ class TrainConfig(_Section):
         1, ge=1, description="Micro-batches per step (gradient accumulation): the same update as one "
         "batch_size batch, with the activation memory of one micro-batch.",
     )
+    processes: int = Field(
+        1, ge=1, description="Data-parallel processes the stage launches (torchrun: one per GPU of the box, "
+        "gloo on CPUs; needs accelerate); 1 trains in the stage's own process. Weights match one process up to "
+        "float rounding.",
+    )
     progress: bool = Field(True, description="Show a progress bar.")
 
 
@@ -469,6 +474,14 @@ class OrchestrationConfig(_Section):
     )
     gpu_pool: str = Field("gpu", description="Work pool whose workers run the GPU stage deployments.")
     gpu_timeout_s: int = Field(6 * 3600, ge=60, description="Longest wait for one GPU stage run.")
+    sample_workers: int = Field(
+        8, ge=1, description="Most GPU workers one sample stage is split across (one shard flow run per "
+        "online worker of the pool, up to this); 1 sends the stage whole to one worker.",
+    )
+    shard_retries: int = Field(
+        2, ge=0, description="Times a sample part whose flow run failed or crashed (a worker lost) is sent "
+        "again; its finished shards are kept.",
+    )
 
 
 class RunConfig(_Section):

@@ -102,6 +102,11 @@ class RunLayout:
     def sample_shard(self, r: int, tag: str, i: int) -> Path:
         return self.sample_shards(r, tag) / f"shard-{i:05d}.parquet"
 
+    def scratch(self, r: int, what: str) -> Path:
+        """A temporary directory of round ``r``'s stage (e.g. a data-parallel launch's files): named as a
+        temporary, so a killed writer's leftovers go with the next writer's cleanup."""
+        return self.round_dir(r) / f"{TMP_MARK}{what}"
+
     def stale_shard_dirs(self, r: int, tag: str) -> list[Path]:
         """Shard directories of round ``r`` left by a sample stage with another key."""
         keep = self.sample_shards(r, tag)

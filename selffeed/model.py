@@ -147,7 +147,7 @@ def load_checkpoint(
     check_checkpoint(p)
     try:
         model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+        tokenizer = load_tokenizer(p)
     except Exception as err:  # torn weights raise SafetensorError, odd configs TypeError, ...
         raise ModelLoadError(f"model.path '{p}': not a loadable causal LM checkpoint ({_first_line(err)})") from None
     model = model.float()  # a checkpoint saved in half precision still trains in fp32
@@ -156,6 +156,11 @@ def load_checkpoint(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model.to(default_device(), dtype=dtype), tokenizer
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local checkpoint (never from a hub)."""
+    return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
 
 
 def default_device() -> torch.device:

@@ -15,14 +15,15 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from selffeed import schema
+from selffeed import sample_stage, schema
+from selffeed.backends import distributed
 from selffeed.backends.lora import merge_lora, with_lora
-from selffeed.backends.vllm_sampler import generate_batches as vllm_generate_batches, load_vllm
 from selffeed.config import RunConfig
 from selffeed.audit import audit
 from selffeed.curriculum import round_pool
@@ -99,16 +100,26 @@ def _train_and_save(
     cfg: RunConfig, r: int, model, tokenizer, mix: pd.DataFrame, train_cfg, n_kept: int, progress: Progress | None,
     t0: float,
 ) -> Manifest:
-    model = with_lora(model, train_cfg)  # unchanged when train_cfg.lora_r == 0
     amp = compute_dtype(cfg, next(model.parameters()).device)
     stats = None
     # No steps, or nothing to train on (a recipe without seed data whose round kept nothing): the round's
     # model is its starting model as it is.
-    if train_cfg.steps and len(mix):
-        stats = train(
-            model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}", progress=progress, amp=amp
-        )
-    model = merge_lora(model)  # saved checkpoints stay plain HF causal LMs
+    if train_cfg.steps and len(mix) and train_cfg.processes > 1:
+        scratch = layout_of(cfg).scratch(r, "train-processes")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        try:
+            model, _, stats = distributed.launch(
+                model, tokenizer, mix, train_cfg, cfg.seed * 1000 + r, precision_name(amp), scratch, cfg.threads
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        model = with_lora(model, train_cfg)  # unchanged when train_cfg.lora_r == 0
+        if train_cfg.steps and len(mix):
+            stats = train(model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}",
+                          progress=progress, amp=amp)
+        model = merge_lora(model)  # saved checkpoints stay plain HF causal LMs
     path = layout_of(cfg).model(r)
     save_checkpoint(model, tokenizer, path)
     return make_manifest(
@@ -123,6 +134,7 @@ def _train_and_save(
         train_tokens=stats.tokens if stats else 0,
         steps=stats.steps if stats else 0,
         precision=precision_name(amp),
+        processes=train_cfg.processes if stats is not None else 1,
         seconds=time.perf_counter() - t0,
     )
 
@@ -149,81 +161,43 @@ def sample(
     ``difficulties`` (the curriculum's choice) restricts the slice; with ``filter.views`` each prompt's
     equivalent views are sampled too, under the same ``prompt_id`` (sample_idx ``view * k + i``).
 
-    Completions are written in shards of ``cfg.sample.shard_batches`` batches under a directory
-    named by the stage key; a re-run after a crash reuses the finished shards and produces the same
-    ``samples.parquet`` as an uninterrupted run. The shards are removed once it is written.
+    Completions are written in shards of ``cfg.sample.shard_batches`` batches
+    (:mod:`selffeed.sample_stage`); a re-run after a crash, or after GPU workers wrote some or all of
+    them (:func:`sample_part`), reuses the finished shards and writes the same ``samples.parquet`` as an
+    uninterrupted run. The shards are removed once it is written.
     """
     _threads(cfg)
     t0 = time.perf_counter()
-    lay = layout_of(cfg)
-    recipe = recipe_for(cfg)
-    pool = schema.read(data.path("pool"), schema.POOL)
-    # Only the active recipe's section is read: it alone is in this stage's key.
-    per_round = (
-        getattr(cfg, cfg.recipe).pool_per_round
-        if cfg.recipe in ("arithmetic", "word_problems", "constrained_stories") else None
-    )
-    pool = round_pool(pool, r, difficulties, per_round)
-    pool = with_views(pool, recipe.views) if cfg.filter.views and recipe.views else pool.assign(view=0)
-    k = 1 if cfg.sample.greedy else cfg.sample.k
-    if cfg.sample.backend == "vllm":  # same Completion rows, seeded per prompt instead of per batch
-        lm, tokenizer = load_vllm(model.path("model"), seed=cfg.seed, threads=cfg.threads)
-        generate = vllm_generate_batches
-    else:
-        lm, tokenizer = load_checkpoint(model.path("model"), compute_dtype(cfg))
-        generate = generate_batches
-    seed = cfg.seed * 1000 + r
-    prompts = list(pool["prompt"])
-    batches = plan_batches(tokenizer, prompts, cfg.sample.batch_prompts)
-    per = cfg.sample.shard_batches
-    tag = stage_key("sample", cfg, {"r": r, "model": model, "data": data, "difficulties": difficulties})[:16]
-    for stale in lay.stale_shard_dirs(r, tag):
-        shutil.rmtree(stale, ignore_errors=True)
-    shards, resumed = [], 0
-    for i, first in enumerate(range(0, len(batches), per)):
-        path = lay.sample_shard(r, tag, i)
-        if path.exists():  # shards are renamed into place complete, so an existing one is whole
-            resumed += 1
-        else:
-            done = generate(
-                lm, tokenizer, prompts, batches[first : first + per], cfg.sample, seed, recipe.max_new_tokens, first
-            )
-            frame = samples_frame(
-                pool, done, recipe.parse_answer, round_=r, model_id=lay.model_id(model.round or 0),
-                cfg=cfg.sample, seed=seed,
-            )
-            frame["sample_idx"] += pool["view"].to_numpy()[[c.prompt_index for c in done]] * k
-            schema.write(frame, schema.SAMPLES, path)
-        shards.append(schema.read(path, schema.SAMPLES))
-        if progress is not None:
-            progress(min(first + per, len(batches)) / max(len(batches), 1))
-    position = dict(zip(pool["prompt_id"], range(len(pool))))
-    df = pd.concat(shards, ignore_index=True) if shards else samples_frame(
-        pool, [], recipe.parse_answer, round_=r, model_id=lay.model_id(model.round or 0), cfg=cfg.sample, seed=seed
-    )
-    df = (
-        df.assign(_pos=df["prompt_id"].map(position))
-        .sort_values(["_pos", "sample_idx"])
-        .drop(columns="_pos")
-    )
-    n = schema.write(df, schema.SAMPLES, lay.samples(r))
-    shutil.rmtree(lay.sample_shards(r, tag), ignore_errors=True)
-    seconds = time.perf_counter() - t0
-    return make_manifest(
-        "sample",
-        {"samples": lay.samples(r)},
-        round_=r,
-        rows=n,
-        prompts=int(pool["prompt_id"].nunique()),
-        prompt_views=len(pool),
-        difficulties=sorted(int(d) for d in pool["difficulty"].unique()),
-        shards=len(shards),
-        shards_resumed=resumed,
-        parsed=float(df["answer"].notna().mean()) if n else 0.0,
-        tokens=int(df["n_tokens"].sum()),
-        tokens_per_s=float(df["n_tokens"].sum()) / max(seconds, 1e-9),
-        seconds=seconds,
-    )
+    plan = sample_stage.plan(cfg, r, model, data, difficulties)
+    resumed = plan.n_shards - len(plan.missing())
+    sample_stage.write_shards(plan, progress=progress)
+    return sample_stage.merge(plan, t0, resumed)
+
+
+def sample_part(
+    cfg: RunConfig,
+    r: int,
+    model: Manifest,
+    data: Manifest,
+    difficulties: list[int] | None = None,
+    part: int = 0,
+    parts: int = 1,
+    progress: Progress | None = None,
+) -> dict[str, int]:
+    """One worker's share of :func:`sample`: the missing shards ``i`` with ``i % parts == part``.
+
+    Returns ``{"written": n, "skipped": m}``; :func:`sample` then merges every part's shards."""
+    _threads(cfg)
+    plan = sample_stage.plan(cfg, r, model, data, difficulties)
+    return sample_stage.write_shards(plan, part, parts, progress)
+
+
+def missing_sample_shards(
+    cfg: RunConfig, r: int, model: Manifest, data: Manifest, difficulties: list[int] | None = None
+) -> list[Path]:
+    """The shard files of round ``r``'s sample stage not on disk (what a merge here would still sample)."""
+    plan = sample_stage.plan(cfg, r, model, data, difficulties)
+    return [plan.shard(i) for i in plan.missing()]
 
 
 def _documents(kept: list[Manifest]) -> list[str]:

@@ -198,3 +198,30 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
     assert any(not torch.equal(start[n], one[n]) for n in start)
     for n in one:
         torch.testing.assert_close(one[n], two[n], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_retrain_stage_launched_on_two_processes_matches_one(tmp_path):
+    """retrain.processes=2: the stage itself launches two gloo ranks, and the round's weights are the
+    single-process stage's (the update is the same; only float rounding differs)."""
+    pytest.importorskip("accelerate")
+    from selffeed import stages
+    from selffeed.layout import RunLayout
+
+    weights = {}
+    for n in (1, 2):
+        cfg = tiny_run_config(tmp_path / f"p{n}", **{"model.dropout": 0.0, "retrain.steps": 6, "retrain.lr": 0.01,
+                                                   "retrain.processes": n})
+        data = stages.prepare(cfg)
+        model = stages.finetune(cfg, data)
+        kept = stages.filter_samples(cfg, 1, stages.sample(cfg, 1, model, data))
+        retrained = stages.retrain(cfg, 1, model, data, [kept])
+        assert retrained.meta["steps"] == 6 and retrained.meta["train_loss"] > 0 and retrained.meta["processes"] == n
+        assert not list(RunLayout.of(cfg.runs_dir, cfg.name).round_dir(1).glob(".tmp-*"))  # scratch removed
+        weights[n] = (load_checkpoint(model.path("model"))[0].state_dict(),
+                      load_checkpoint(retrained.path("model"))[0].state_dict())
+    (start, one), (_, two) = weights[1], weights[2]
+    assert any(not torch.equal(start[k], one[k]) for k in start)
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-5)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from selffeed import stages
+from selffeed import sample_stage, stages
 from selffeed.layout import RunLayout, read_json
 from selffeed.lock import read_holder
 from tests.conftest import tiny_run_config
@@ -135,7 +135,7 @@ def test_resumed_sampling_equals_uninterrupted(tmp_path, monkeypatch):
     whole = lay.samples(1).read_bytes()
     lay.samples(1).unlink()
 
-    real = stages.generate_batches
+    real = sample_stage.generate_batches
     calls = []
 
     def dies_on_third(*args, **kwargs):
@@ -144,10 +144,10 @@ def test_resumed_sampling_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stages, "generate_batches", dies_on_third)
+    monkeypatch.setattr(sample_stage, "generate_batches", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         stages.sample(cfg, 1, model, data)
-    monkeypatch.setattr(stages, "generate_batches", real)
+    monkeypatch.setattr(sample_stage, "generate_batches", real)
     assert len(list(lay.round_dir(1).glob(".samples-*/shard-*.parquet"))) == 2
     resumed = stages.sample(cfg, 1, model, data)
     assert resumed.meta["shards_resumed"] == 2 and resumed.meta["shards"] == 5

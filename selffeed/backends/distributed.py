@@ -9,8 +9,8 @@ target count, as the trainer does, so a step's update is the single-process one 
 and dropout masks). Autocast as ``amp`` asks (bf16; fp16 is refused); one micro-batch per rank
 (``grad_accum`` is not applied: more ranks already split the batch).
 
-The loop's stages run inside one Prefect process, so they do not launch ranks themselves; train a
-round's model across GPUs with this module's command, then point ``model.path`` at the output::
+A stage with ``finetune.processes`` / ``retrain.processes`` > 1 launches this module's command itself
+(:func:`launch`). By hand, train a checkpoint across GPUs, then point ``model.path`` at the output::
 
     accelerate launch --multi_gpu --num_processes 4 -m selffeed.backends.distributed \\
         --model runs/demo/round-001/model --data runs/demo/round-001/kept.parquet --out /tmp/r1-ddp \\
@@ -20,8 +20,13 @@ round's model across GPUs with this module's command, then point ``model.path`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,6 +129,35 @@ def train(
     )
 
 
+def launch(model: Any, tokenizer: Any, examples: pd.DataFrame, cfg: TrainConfig, seed: int, precision: str,
+           workdir: Path, threads: int = 1) -> tuple[Any, Any, finetune.TrainStats]:
+    """Train ``model`` on ``examples`` in ``cfg.processes`` processes (``torch.distributed.run`` of this
+    module) and return the trained model, its tokenizer and the statistics. ``workdir`` holds the
+    starting checkpoint, the rows and the result; the caller removes it."""
+    from selffeed.model import load_checkpoint, save_checkpoint
+
+    save_checkpoint(model, tokenizer, workdir / "start")
+    examples[["prompt", "completion"]].to_parquet(workdir / "rows.parquet")
+    fields = cfg.model_dump(mode="json", exclude={"progress", "processes"})
+    with socket.socket() as s:  # a free port for the ranks' rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(cfg.processes),
+        "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "selffeed.backends.distributed",
+        "--model", str(workdir / "start"), "--data", str(workdir / "rows.parquet"), "--out", str(workdir / "out"),
+        "--stats", str(workdir / "stats.json"), "--seed", str(seed), "--precision", precision,
+        *(f"{k}={json.dumps(v)}" for k, v in fields.items()),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // cfg.processes))}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"{cfg.processes}-process training exited {done.returncode}: " + " | ".join(tail))
+    trained, tok = load_checkpoint(workdir / "out")
+    return trained, tok, finetune.TrainStats(**json.loads((workdir / "stats.json").read_text()))
+
+
 def main(argv: list[str] | None = None) -> None:
     from selffeed.backends.lora import merge_lora, with_lora
     from selffeed.model import load_checkpoint, save_checkpoint
@@ -135,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="directory for the trained checkpoint (written by rank 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as model.precision")
+    p.add_argument("--stats", help="also write the training statistics to this JSON file (rank 0)")
     p.add_argument("overrides", nargs="*", help="TrainConfig fields as key=value, e.g. steps=400 lora_r=8")
     args = p.parse_args(argv)
     # Values parse as YAML, as in run config overrides: "lr=0.01", "betas=[0.9, 0.95]".
@@ -149,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     model = merge_lora(model)
     if int(os.environ.get("RANK", "0")) == 0:
         save_checkpoint(model.cpu(), tokenizer, Path(args.out))
+        if args.stats:
+            Path(args.stats).write_text(json.dumps(dataclasses.asdict(stats)))
         print(f"{args.out}: {stats.steps} steps on {world_size()} processes, {stats.tokens / stats.seconds:.0f} "
               f"tokens/s, loss {stats.first_loss:.3f} -> {stats.final_loss:.3f}")
 
