@@ -4,7 +4,9 @@ Each GPU stage (fine-tune, sample, retrain, validate) is a flow deployed on the 
 (``deployments/prefect.yaml``). The orchestrating flow calls :func:`run_stage`: when the pool has an
 online worker (or ``orchestration.gpu_stages=workers``) it starts the stage's deployment with
 ``run_deployment`` and waits; otherwise (no server, no worker, or ``gpu_stages=local``) it runs the
-stage's task in this process. Either way the task is cached under the run directory, and after a
+stage's task in this process. With several workers online the sample stage is split: one
+``gpu-sample-shard`` flow run per worker (:func:`sample_sharded`), each writing its share of the shards,
+merged here. Either way the task is cached under the run directory, and after a
 remote run the manifest is read from that cache: results cross machines through the run directory
 (shared storage), never through Prefect's result payloads. Every routing decision is logged with its
 reason (the run logger, else this module's logger); an API error is a warning, not a silent fallback.
@@ -13,14 +15,18 @@ reason (the run logger, else this module's logger); an API error is a warning, n
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import httpx
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import MissingContextError
+from prefect.states import Crashed
 
+from selffeed import stages
 from selffeed.config import RunConfig
 from selffeed.manifest import Manifest
 from selffeed.stages import layout_of
@@ -34,6 +40,8 @@ DEPLOYMENTS = {
     "retrain": "gpu-retrain/gpu-retrain",
     "validate": "gpu-validate/gpu-validate",
 }
+SHARD_DEPLOYMENT = "gpu-sample-shard/gpu-sample-shard"
+POLL_S = 1.0
 
 
 @flow(name="gpu-finetune", flow_run_name="{config.name}-finetune-r0")
@@ -60,21 +68,25 @@ def validate_stage(
     return for_run(config).validate(config, r, model, data, upstream)
 
 
-def gpu_pool_unavailable(config: RunConfig) -> str | None:
-    """None when the configured GPU pool has a worker ONLINE, else why not, in one line."""
+def online_workers(config: RunConfig) -> tuple[int, str | None]:
+    """How many workers of the configured GPU pool are ONLINE, and when none, why not (one line)."""
     pool = config.orchestration.gpu_pool
     try:
         with get_client(sync_client=True) as client:
             workers = client.read_workers_for_work_pool(pool)
     except httpx.HTTPStatusError as err:
         if err.response.status_code == 404:
-            return f"no work pool {pool!r} on the API"
-        return f"API error: {_one_line(err)}"
+            return 0, f"no work pool {pool!r} on the API"
+        return 0, f"API error: {_one_line(err)}"
     except Exception as err:  # unreachable server, timeouts, ...: reported, never silent
-        return f"API error: {_one_line(err)}"
-    if not any(w.status is not None and w.status.value == "ONLINE" for w in workers):
-        return f"no worker online in pool {pool!r}"
-    return None
+        return 0, f"API error: {_one_line(err)}"
+    n = sum(1 for w in workers if w.status is not None and w.status.value == "ONLINE")
+    return n, None if n else f"no worker online in pool {pool!r}"
+
+
+def gpu_pool_unavailable(config: RunConfig) -> str | None:
+    """None when the configured GPU pool has a worker ONLINE, else why not, in one line."""
+    return online_workers(config)[1]
 
 
 def gpu_workers_online(config: RunConfig) -> bool:
@@ -86,12 +98,13 @@ def run_stage(stage: str, config: RunConfig, **args: Any) -> Manifest:
     """Run a GPU stage on the GPU pool or in-process, per ``config.orchestration.gpu_stages``."""
     mode, pool = config.orchestration.gpu_stages, config.orchestration.gpu_pool
     results = layout_of(config).results.resolve()
+    online = 0
     if mode == "local":
         why = "orchestration.gpu_stages=local"
     elif cached_result(stage, config, args, results) is not None:
         why = "cached, nothing to ship"
     else:
-        why = gpu_pool_unavailable(config)
+        online, why = online_workers(config)
         if why is not None and mode == "workers":
             raise RuntimeError(f"GPU stage {stage}: orchestration.gpu_stages=workers but {why}; "
                                f"start a worker on pool {pool!r} or set orchestration.gpu_stages=auto")
@@ -101,6 +114,9 @@ def run_stage(stage: str, config: RunConfig, **args: Any) -> Manifest:
         log.log(level, "%s runs in this process: %s", stage, why)
         return getattr(for_run(config), stage)(config, **args)
 
+    parts = min(online, config.orchestration.sample_workers) if stage == "sample" else 1
+    if parts > 1:
+        return sample_sharded(config, parts, args)
     log.info("%s sent to pool %r (deployment %s): a worker is online", stage, pool, DEPLOYMENTS[stage])
     parameters = {"config": config.model_dump(mode="json")}
     parameters |= {k: _jsonable(v) for k, v in args.items()}
@@ -120,6 +136,76 @@ def run_stage(stage: str, config: RunConfig, **args: Any) -> Manifest:
             f"both machines share, under the same absolute path (here runs_dir={config.runs_dir!r})."
         )
     return result
+
+
+def sample_sharded(config: RunConfig, parts: int, args: dict[str, Any]) -> Manifest:
+    """The sample stage as ``parts`` concurrent flow runs of ``gpu-sample-shard`` on the GPU pool, then
+    their shards merged here into ``samples.parquet`` (the bytes one process would write).
+
+    A part whose flow run fails or crashes, or whose worker goes offline while running it (killed, its
+    box lost: Prefect marks a worker OFFLINE after three missed heartbeats), is sent again, up to
+    ``orchestration.shard_retries`` times; any worker may take it, and it samples only the shards its
+    first run did not write."""
+    log, orch = _logger(), config.orchestration
+    name = SHARD_DEPLOYMENT
+    parameters = {"config": config.model_dump(mode="json")} | {k: _jsonable(v) for k, v in args.items()}
+
+    def submit(part: int) -> FlowRun:
+        return run_deployment(name, parameters=parameters | {"part": part, "parts": parts}, timeout=0)
+
+    log.info("sample split into %d parts on pool %r (deployment %s): one per online worker, at most "
+             "orchestration.sample_workers=%d", parts, orch.gpu_pool, name, orch.sample_workers)
+    running = {part: submit(part) for part in range(parts)}
+    sent = dict.fromkeys(running, 1)
+    deadline = time.monotonic() + orch.gpu_timeout_s
+    with get_client(sync_client=True) as client:
+        while running:
+            time.sleep(POLL_S)
+            alive = _online_names(client, orch.gpu_pool)
+            for part, run in list(running.items()):
+                run = client.read_flow_run(run.id)
+                state, worker = run.state, (run.labels or {}).get("prefect.worker.name")
+                if state is not None and not state.is_final() and worker and worker not in alive:
+                    # Its worker stopped heartbeating (the box died, the process was killed): Prefect's
+                    # foreman marked it OFFLINE, but nothing ends the run it held. End it here.
+                    state = Crashed(message=f"worker {worker!r} went offline while running this part")
+                    client.set_flow_run_state(run.id, state, force=True)
+                if state is None or not state.is_final():
+                    continue
+                del running[part]
+                if state.is_completed():
+                    log.info("sample part %d/%d done: flow run %s", part + 1, parts, run.id)
+                    continue
+                if sent[part] > orch.shard_retries:
+                    raise RuntimeError(f"sample part {part + 1}/{parts} ({name}) ended {state.name} "
+                                       f"{sent[part]} times, last as flow run {run.id}")
+                log.warning("sample part %d/%d ended %s (flow run %s): sent again, its written shards kept",
+                            part + 1, parts, state.name, run.id)
+                running[part], sent[part] = submit(part), sent[part] + 1
+            if running and time.monotonic() > deadline:
+                raise RuntimeError(f"sample parts {sorted(p + 1 for p in running)} of {parts} not done after "
+                                   f"orchestration.gpu_timeout_s={orch.gpu_timeout_s}")
+    missing = stages.missing_sample_shards(config, **args)
+    if missing:
+        raise RuntimeError(
+            f"sample parts completed on pool {orch.gpu_pool!r}, but shard {missing[0]} is not visible here: the "
+            f"workers wrote to another run directory. runs_dir must be storage every machine shares, under the "
+            f"same absolute path (here runs_dir={config.runs_dir!r})."
+        )
+    return for_run(config).sample(config, **args)  # every shard is on disk: merges, samples nothing
+
+
+@flow(name="gpu-sample-shard", flow_run_name="{config.name}-sample-r{r}-part{part}of{parts}")
+def sample_shard_stage(
+    config: RunConfig, r: int, model: Manifest, data: Manifest, difficulties: list[int] | None = None,
+    part: int = 0, parts: int = 1,
+) -> dict[str, int]:
+    """One GPU worker's share of a round's sample stage: shards ``part``, ``part + parts``, ..."""
+    return for_run(config).sample_part(config, r, model, data, difficulties, part, parts)
+
+
+def _online_names(client: Any, pool: str) -> set[str]:
+    return {w.name for w in client.read_workers_for_work_pool(pool) if w.status and w.status.value == "ONLINE"}
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:

@@ -4,7 +4,7 @@ Every stage is persisted and cached under a content-addressed key (:mod:`tasks.c
 of a flow (new run, Retry button, ``prefect flow-run retry``) reuses each completed stage and runs
 only what failed and what follows it. Results are stored under the run directory; bind the tasks to
 a run with :func:`for_run`. GPU-bound stages (fine-tune, retrain, sample, validate) carry the ``gpu``
-tag, so a tag concurrency limit keeps one GPU box to one of them at a time. Task runs are named
+tag (a label: a GPU is kept to one stage at a time by its worker's ``--limit 1``). Task runs are named
 after stage and round (``sample-r3``) so the Prefect UI reads like the loop.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -66,6 +66,18 @@ def sample(cfg: RunConfig, r: int, model: Manifest, data: Manifest, difficulties
     return stages.sample(cfg, r, model, data, difficulties, progress=_progress(f"sample r{r}"))
 
 
+@task(name="sample-part", task_run_name="sample-r{r}-part{part}of{parts}", cache_policy=NO_CACHE, tags=GPU)
+def sample_part(
+    cfg: RunConfig, r: int, model: Manifest, data: Manifest, difficulties: list[int] | None, part: int, parts: int
+) -> dict[str, int]:
+    # Not cached by Prefect: the shard files are the record (a part sent again skips the ones on disk).
+    done = stages.sample_part(cfg, r, model, data, difficulties, part, parts,
+                              progress=_progress(f"sample r{r} part {part + 1}/{parts}"))
+    get_run_logger().info("part %d/%d: wrote %d shards, %d already on disk", part + 1, parts,
+                          done["written"], done["skipped"])
+    return done
+
+
 @task(**_stage("filter", task_run_name="filter-r{r}"))
 def filter_samples(
     cfg: RunConfig, r: int, samples: Manifest, ensemble: list[Manifest] | None = None,
@@ -103,9 +115,9 @@ def decide(cfg: RunConfig, r: int, history: list[dict[str, Any]]) -> dict[str, A
 def for_run(cfg: RunConfig) -> SimpleNamespace:
     """The stage tasks with their results stored under ``cfg``'s run directory.
 
-    Without a configured server (Prefect's embedded one, private to this process) a ``gpu`` tag limit
-    can coordinate nothing, yet every tagged task would still pay a concurrency-lease round trip
-    (0.2-2 s each, measured): the tag is dropped there and kept whenever a shared API is configured.
+    Without a configured server (Prefect's embedded one, private to this process) a tag limit can
+    coordinate nothing, yet a tagged task would still pay a concurrency-lease round trip when one
+    exists: the tag is dropped there and kept whenever a shared API is configured.
     """
     storage = stages.layout_of(cfg).results.resolve()
     options: dict[str, Any] = {"result_storage": storage}
@@ -114,7 +126,7 @@ def for_run(cfg: RunConfig) -> SimpleNamespace:
     bound = {
         name: t.with_options(**options)
         for name, t in dict(
-            prepare=prepare, finetune=finetune, sample=sample, filter_samples=filter_samples,
+            prepare=prepare, finetune=finetune, sample=sample, sample_part=sample_part, filter_samples=filter_samples,
             retrain=retrain, validate=validate,
         ).items()
     }
