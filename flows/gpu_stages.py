@@ -80,7 +80,7 @@ def online_workers(config: RunConfig) -> tuple[int, str | None]:
         return 0, f"API error: {_one_line(err)}"
     except Exception as err:  # unreachable server, timeouts, ...: reported, never silent
         return 0, f"API error: {_one_line(err)}"
-    n = sum(1 for w in workers if w.status is not None and w.status.value == "ONLINE")
+    n = len(_online(workers))
     return n, None if n else f"no worker online in pool {pool!r}"
 
 
@@ -114,12 +114,12 @@ def run_stage(stage: str, config: RunConfig, **args: Any) -> Manifest:
         log.log(level, "%s runs in this process: %s", stage, why)
         return getattr(for_run(config), stage)(config, **args)
 
-    parts = min(online, config.orchestration.sample_workers) if stage == "sample" else 1
-    if parts > 1:
-        return sample_sharded(config, parts, args)
-    log.info("%s sent to pool %r (deployment %s): a worker is online", stage, pool, DEPLOYMENTS[stage])
     parameters = {"config": config.model_dump(mode="json")}
     parameters |= {k: _jsonable(v) for k, v in args.items()}
+    parts = min(online, config.orchestration.sample_workers) if stage == "sample" else 1
+    if parts > 1:
+        return sample_sharded(config, parts, args, parameters)
+    log.info("%s sent to pool %r (deployment %s): a worker is online", stage, pool, DEPLOYMENTS[stage])
     child = run_deployment(
         DEPLOYMENTS[stage], parameters=parameters, timeout=config.orchestration.gpu_timeout_s, poll_interval=1
     )
@@ -138,17 +138,16 @@ def run_stage(stage: str, config: RunConfig, **args: Any) -> Manifest:
     return result
 
 
-def sample_sharded(config: RunConfig, parts: int, args: dict[str, Any]) -> Manifest:
+def sample_sharded(config: RunConfig, parts: int, args: dict[str, Any], parameters: dict[str, Any]) -> Manifest:
     """The sample stage as ``parts`` concurrent flow runs of ``gpu-sample-shard`` on the GPU pool, then
     their shards merged here into ``samples.parquet`` (the bytes one process would write).
 
     A part whose flow run fails or crashes, or whose worker goes offline while running it (killed, its
     box lost: Prefect marks a worker OFFLINE after three missed heartbeats), is sent again, up to
     ``orchestration.shard_retries`` times; any worker may take it, and it samples only the shards its
-    first run did not write."""
+    first run did not write. ``parameters`` are the stage's flow parameters (``args`` as JSON)."""
     log, orch = _logger(), config.orchestration
     name = SHARD_DEPLOYMENT
-    parameters = {"config": config.model_dump(mode="json")} | {k: _jsonable(v) for k, v in args.items()}
 
     def submit(part: int) -> FlowRun:
         return run_deployment(name, parameters=parameters | {"part": part, "parts": parts}, timeout=0)
@@ -161,7 +160,7 @@ def sample_sharded(config: RunConfig, parts: int, args: dict[str, Any]) -> Manif
     with get_client(sync_client=True) as client:
         while running:
             time.sleep(POLL_S)
-            alive = _online_names(client, orch.gpu_pool)
+            alive = {w.name for w in _online(client.read_workers_for_work_pool(orch.gpu_pool))}
             for part, run in list(running.items()):
                 run = client.read_flow_run(run.id)
                 state, worker = run.state, (run.labels or {}).get("prefect.worker.name")
@@ -204,8 +203,8 @@ def sample_shard_stage(
     return for_run(config).sample_part(config, r, model, data, difficulties, part, parts)
 
 
-def _online_names(client: Any, pool: str) -> set[str]:
-    return {w.name for w in client.read_workers_for_work_pool(pool) if w.status and w.status.value == "ONLINE"}
+def _online(workers: list[Any]) -> list[Any]:
+    return [w for w in workers if w.status is not None and w.status.value == "ONLINE"]
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:

@@ -104,7 +104,8 @@ def _train_and_save(
     stats = None
     # No steps, or nothing to train on (a recipe without seed data whose round kept nothing): the round's
     # model is its starting model as it is.
-    if train_cfg.steps and len(mix) and train_cfg.processes > 1:
+    trains = bool(train_cfg.steps and len(mix))
+    if trains and train_cfg.processes > 1:
         scratch = layout_of(cfg).scratch(r, "train-processes")
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
@@ -116,7 +117,7 @@ def _train_and_save(
             shutil.rmtree(scratch, ignore_errors=True)
     else:
         model = with_lora(model, train_cfg)  # unchanged when train_cfg.lora_r == 0
-        if train_cfg.steps and len(mix):
+        if trains:
             stats = train(model, tokenizer, mix, train_cfg, seed=cfg.seed * 1000 + r, desc=f"train r{r}",
                           progress=progress, amp=amp)
         model = merge_lora(model)  # saved checkpoints stay plain HF causal LMs
