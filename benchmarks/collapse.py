@@ -15,14 +15,16 @@ and which round the run's best pointer names::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from selffeed import stages  # noqa: E402
 from selffeed.config import load_config  # noqa: E402
-from selffeed.loop import best_round, collapse_guard  # noqa: E402
+from selffeed.loop import rounds, stages  # noqa: E402
+from selffeed.loop.policy import best_round, collapse_guard  # noqa: E402
+from selffeed.run.bookkeeping import open_run  # noqa: E402
 
 ARMS = {
     "replace, no filters": [
@@ -33,16 +35,18 @@ ARMS = {
 }
 
 
-def run_arm(cfg, data, model0, metrics0) -> list[dict]:
-    history, kept, model = [metrics0], [], model0
-    for r in range(1, cfg.loop.max_rounds + 1):
-        samples = stages.sample(cfg, r, model, data)
-        filtered = stages.filter_samples(cfg, r, samples, earlier=list(kept))
-        kept.append(filtered)
-        model = stages.retrain(cfg, r, model, data, kept)
-        history.append(stages.validate(cfg, r, model, data, [samples, filtered]).meta["metrics"])
-        print(f"  round {r}: ppl {history[-1]['perplexity']:.3f}  distinct-2 {history[-1]['distinct_2']:.3f}", flush=True)
-    return history
+def run_arm(cfg, model0) -> list[dict]:
+    """The loop of every run (:func:`selffeed.loop.rounds.loop`) from the shared round-0 model, with a decide
+    that never stops early: the whole curve shows, and :func:`curve` applies the guard afterwards."""
+    def decide(cfg, r, history):
+        m = history[-1]
+        print(f"  round {r}: ppl {m['perplexity']:.3f}  distinct-2 {m['distinct_2']:.3f}", flush=True)
+        return {"stopped": r >= cfg.loop.max_rounds, "history": history}
+
+    every_round = dataclasses.replace(rounds.plain(), decide=decide)
+    with open_run(cfg, owner=f"benchmark collapse {cfg.name}"):
+        first = (stages.prepare(cfg), rounds.adopt_round0(cfg, model0))
+        return rounds.loop(cfg, every_round, first)["history"]
 
 
 def curve(name: str, history: list[dict], cfg) -> str:
@@ -79,16 +83,13 @@ def main() -> None:
               "finetune.progress=false", "retrain.progress=false", *args.overrides]
     t0 = time.perf_counter()
     base = load_config("data/configs/text.yaml", ["name=base", *common])
-    data = stages.prepare(base)
-    model0 = stages.finetune(base, data)
-    metrics0 = stages.validate(base, 0, model0, data).meta["metrics"]
-    print(f"round 0 (shared): ppl {metrics0['perplexity']:.3f}  distinct-2 {metrics0['distinct_2']:.3f}  "
-          f"wellformed {metrics0.get('wellformed', float('nan')):.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    model0 = stages.finetune(base, stages.prepare(base))
+    print(f"round 0 (shared): fine-tuned in {time.perf_counter() - t0:.0f} s", flush=True)
     results = []
     for i, (name, extra) in enumerate(ARMS.items()):
         cfg = load_config("data/configs/text.yaml", [f"name=arm{i}", *common, *extra])
         print(f"{name} ...", flush=True)
-        results.append((name, run_arm(cfg, data, model0, metrics0), cfg))
+        results.append((name, run_arm(cfg, model0), cfg))
     print()
     for name, history, cfg in results:
         print(curve(name, history, cfg))

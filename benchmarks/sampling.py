@@ -5,7 +5,7 @@ small: 128-dim 4-layer GPT-2, ~0.85M params, 194-token character vocabulary) and
 (short: 8 new tokens, long: 64 new tokens), k=8 samples for each of --prompts prompts (8-12 tokens),
 it measures generated tokens / wall time of:
 
-  selffeed        selffeed.sample.sample_completions (batches of --batch-prompts prompts x k)
+  selffeed        selffeed.sampling.sampler.sample_completions (batches of --batch-prompts prompts x k)
   batched         model.generate on the same batches (num_return_sequences=k)
   per-prompt      model.generate once per prompt with num_return_sequences=k
   single          model.generate once per sample (batch 1, one sequence)
@@ -50,8 +50,8 @@ SMALL_CHARS = "".join(chr(c) for c in range(32, 223))  # 191 characters + pad/eo
 def build(name: str, seed: int = 0):
     """A random-weight GPT-2 and a tokenizer whose EOS the model can never emit."""
     from selffeed.config import ModelConfig
-    from selffeed.model import char_tokenizer, tiny_gpt2
     from selffeed.recipes.arithmetic import CHARS
+    from selffeed.training.model import char_tokenizer, tiny_gpt2
 
     tok = char_tokenizer(CHARS if name == "tiny" else SMALL_CHARS)
     model = tiny_gpt2(ModelConfig(**MODELS[name], n_positions=128, dropout=0.0), tok, seed=seed).eval()
@@ -67,7 +67,7 @@ def make_prompts(tok, n: int, seed: int = 0) -> list[str]:
 
 def run_selffeed(model, tok, prompts, k, new, batch_prompts):
     from selffeed.config import SampleConfig
-    from selffeed.sample import sample_completions
+    from selffeed.sampling.sampler import sample_completions
 
     cfg = SampleConfig(k=k, batch_prompts=batch_prompts, top_k=0)
     t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def _generate(model, tok, batch, k, new):
 
 
 def run_batched(model, tok, prompts, k, new, batch_prompts):
-    from selffeed.sample import plan_batches
+    from selffeed.sampling.sampler import plan_batches
 
     t0 = time.perf_counter()
     n = sum(_generate(model, tok, [prompts[i] for i in idx], k, new) for idx in plan_batches(tok, prompts, batch_prompts))
@@ -125,7 +125,7 @@ def run_vllm(checkpoint: str, prompts: list[str], k: int, new: int, threads: int
 
 def vllm_figures(args, name: str, prompts: list[str], new: int) -> tuple[int, float] | str:
     """(tokens, seconds) from vLLM, in this interpreter or --vllm-python; a reason string when skipped."""
-    from selffeed.model import save_checkpoint
+    from selffeed.training.model import save_checkpoint
 
     python = args.vllm_python or sys.executable
     if args.vllm_python is None:

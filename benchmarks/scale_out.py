@@ -28,16 +28,16 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 
-from selffeed import stages  # noqa: E402
 from selffeed.config import load_config  # noqa: E402
-from selffeed.layout import RunLayout  # noqa: E402
+from selffeed.loop import stages  # noqa: E402
+from selffeed.run.layout import RunLayout  # noqa: E402
 
 DRIVER = """
 import json, sys, time
 from prefect import flow
 from flows.gpu_stages import run_stage
 from selffeed.config import load_config
-from selffeed.manifest import Manifest
+from selffeed.run.manifest import Manifest
 cfg = load_config(None, json.loads(sys.argv[1]))
 model, data = (Manifest.model_validate_json(a) for a in sys.argv[2:4])
 @flow(name="sample-round")

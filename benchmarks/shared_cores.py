@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import time, torch
 from selffeed.config import load_config
-from selffeed.finetune import train
-from selffeed.model import char_tokenizer, tiny_gpt2
+from selffeed.training.finetune import train
+from selffeed.training.model import char_tokenizer, tiny_gpt2
 from selffeed.recipes import recipe_for
 from selffeed.recipes.arithmetic import CHARS
 cfg = load_config("data/configs/arithmetic.yaml", ["finetune.steps=200", "finetune.progress=false"])

@@ -4,12 +4,12 @@ On a random-weight GPT-2 (tiny: the default 64-dim 3-layer config; small: 128-di
 examples of mixed lengths (prompt and completion each 2-40 characters), it measures non-padding
 tokens per second of:
 
-  selffeed          selffeed.finetune.train (length-bucketed batches, TrainConfig defaults)
+  selffeed          selffeed.training.finetune.train (length-bucketed batches, TrainConfig defaults)
   plain, same       a plain loop (forward with labels, backward, clip, AdamW step) over the very
                     batches selffeed drew, as padded tensors built before the clock starts
   plain, padded     the same plain loop over shuffled, unbucketed batches padded to their longest
                     row: what one writes with a DataLoader and a padding collator
-  selffeed, 1 bucket  selffeed.finetune.train with bucket_batches=1 (no bucketing), for reference
+  selffeed, 1 bucket  selffeed.training.finetune.train with bucket_batches=1 (no bucketing), for reference
   compiled, cold    with --compile: the plain loop over the same batches on torch.compile(model,
                     dynamic=True), compilation included
   compiled, warm    the same loop run again once every shape has compiled: the most compile can give
@@ -52,7 +52,7 @@ def examples(n: int, seed: int = 0):
 
 def fresh(name: str, tok):
     from selffeed.config import ModelConfig
-    from selffeed.model import tiny_gpt2
+    from selffeed.training.model import tiny_gpt2
 
     return tiny_gpt2(ModelConfig(**MODELS[name], n_positions=128, dropout=0.0), tok, seed=0)
 
@@ -92,9 +92,9 @@ def main() -> None:
     import torch
 
     from selffeed.config import TrainConfig
-    from selffeed.finetune import batch_order, collate, tokenize_examples, train
-    from selffeed.model import char_tokenizer
     from selffeed.recipes.arithmetic import CHARS
+    from selffeed.training.finetune import batch_order, collate, tokenize_examples, train
+    from selffeed.training.model import char_tokenizer
 
     torch.set_num_threads(args.threads)
     tok = char_tokenizer(CHARS)

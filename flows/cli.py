@@ -154,14 +154,14 @@ def _run_flow(cfg: RunConfig) -> list[dict]:
     """The run's rounds: replayed from its cache when every stage is done (no server, no torch), else
     through the self-improve flow."""
     from flows.replay import replay
-    from selffeed.layout import RunLayout
-    from selffeed.runs import read_history
+    from selffeed.run.bookkeeping import read_history
+    from selffeed.run.layout import RunLayout
 
     t0 = time.perf_counter()
     record = replay(cfg)
     how = "every stage cached, nothing ran"
     if record is None:
-        from selffeed.checks import preflight
+        from selffeed.run.checks import preflight
 
         preflight(cfg)
         Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # the server's database lives here
@@ -174,7 +174,7 @@ def _run_flow(cfg: RunConfig) -> list[dict]:
     history = read_history(RunLayout.of(cfg.runs_dir, cfg.name))
     # Rounds left over from an earlier, longer run of the same name are not part of this one.
     history = [m for m in history if m["round"] in record["rounds"]]
-    from selffeed.report import round_table
+    from selffeed.run.report import round_table
 
     print(f"\nrun {cfg.name}: {len(history) - 1} rounds in {time.perf_counter() - t0:.0f} s"
           f"{f' ({how})' if how else ''}; best round {record['best_round']} ({record['metric']}); "
@@ -192,8 +192,8 @@ def _warn(cfg: RunConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from selffeed.layout import RunLayout
-    from selffeed.lock import assert_unlocked
+    from selffeed.run.layout import RunLayout
+    from selffeed.run.lock import assert_unlocked
 
     cfg = load_config(args.config, args.overrides)
     _warn(cfg)
@@ -201,9 +201,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prefect_env(cfg)
     history = _run_flow(cfg)  # checks the input (preflight) before it writes anything
     if args.control:
-        from selffeed.report import comparison
-
-        from selffeed.experiment import control_config
+        from selffeed.experiments.arms import control_config
+        from selffeed.run.report import comparison
 
         control = control_config(cfg, args.control, rounds=history[-1]["round"])
         control_history = _run_flow(control)
@@ -213,10 +212,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from selffeed import experiment as ex
-    from selffeed.checks import preflight
-    from selffeed.lock import assert_unlocked
-    from selffeed.stages import layout_of
+    from selffeed.experiments import arms as ex
+    from selffeed.loop.stages import layout_of
+    from selffeed.run.checks import preflight
+    from selffeed.run.lock import assert_unlocked
 
     cfg = load_config(args.config, args.overrides)
     arms = ex.parse_arms(args.arms)
@@ -249,7 +248,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from selffeed.status import format_status, run_status
+    from selffeed.run.status import format_status, run_status
 
     try:
         status = run_status(Path(args.run_dir))
@@ -260,7 +259,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_import_gguf(args: argparse.Namespace) -> int:
-    from selffeed.importer import GGUFImportError, find_gguf, import_gguf, param_count
+    from selffeed.training.importer import GGUFImportError, find_gguf, import_gguf, param_count
 
     t0 = time.perf_counter()
     try:
@@ -312,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             "run": cmd_run, "status": cmd_status, "experiment": cmd_experiment, "import-gguf": cmd_import_gguf,
         }[args.command](args)
     except Exception as err:
-        # Imported here, not above: selffeed.model loads torch and transformers (~4 s), which a re-run
+        # Imported here, not above: selffeed.training.model loads torch and transformers (seconds), which a re-run
         # answered from its cache never needs.
-        from selffeed.lock import RunLocked
-        from selffeed.model import ModelLoadError
-        from selffeed.schema import SchemaError
+        from selffeed.run.lock import RunLocked
+        from selffeed.run.schema import SchemaError
+        from selffeed.training.model import ModelLoadError
 
         if not isinstance(err, ConfigError | ModelLoadError | SchemaError | RunLocked):
             raise

@@ -1,6 +1,6 @@
 """The controlled experiment: the self-improvement flow per arm and seed, then the report.
 
-Each arm's run (``self``, ``seed_only``, ``unfiltered``, ``oracle``; see :mod:`selffeed.experiment`)
+Each arm's run (``self``, ``seed_only``, ``unfiltered``, ``oracle``; see :mod:`selffeed.experiments.arms`)
 is a ``self-improve`` subflow named ``<name>-<arm>-s<seed>``, run one after another (they share the
 CPUs/GPU). The report (tables, gap closure, precision, accuracy-vs-round PNG) is written under
 ``<runs_dir>/<name>-experiment/`` and attached to this flow run as a markdown and an image artifact.
@@ -22,10 +22,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows.self_improve import self_improve
-from selffeed import experiment as ex
 from selffeed.config import RunConfig
-from selffeed.layout import ExperimentLayout
-from selffeed.report import artifact_key
+from selffeed.experiments import arms as ex
+from selffeed.run.layout import ExperimentLayout
+from selffeed.run.report import artifact_key
 
 Arm = Literal["self", "seed_only", "unfiltered", "oracle"]
 

@@ -26,10 +26,10 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import MissingContextError
 from prefect.states import Crashed
 
-from selffeed import stages
 from selffeed.config import RunConfig
-from selffeed.manifest import Manifest
-from selffeed.stages import layout_of
+from selffeed.loop import stages
+from selffeed.loop.stages import layout_of
+from selffeed.run.manifest import Manifest
 from tasks.cache import cached_result
 from tasks.stages import for_run
 

@@ -1,8 +1,8 @@
 """Answer a run whose every stage is already cached, without starting Prefect's server.
 
 Re-running a finished run computes nothing: each stage's key finds its committed result. Yet the flow
-would first start Prefect's embedded API server and import torch and transformers, about 10 s on 2
-cores. :func:`replay` walks the same loop (:func:`selffeed.rounds.loop`) with stages that only look up
+would first start Prefect's embedded API server and import torch and transformers, seconds of waiting
+for nothing. :func:`replay` walks the same loop (:func:`selffeed.loop.rounds.loop`) with stages that only look up
 their cached result (:func:`tasks.cache.cached_result`, the lookup the flow's tasks make) and gives up
 at the first miss, so that the caller runs the flow, which then does the real work and records it in
 Prefect. A replay records nothing there: nothing ran.
@@ -14,11 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from selffeed.config import RunConfig, dump_config
-from selffeed.layout import RunLayout, write_text
-from selffeed.lock import run_lock
-from selffeed.manifest import Manifest
-from selffeed.rounds import Stages, loop
-from selffeed.runs import decide, decision
+from selffeed.loop.rounds import Stages, loop
+from selffeed.run.bookkeeping import decide, decision
+from selffeed.run.layout import RunLayout, write_text
+from selffeed.run.lock import run_lock
+from selffeed.run.manifest import Manifest
 
 
 class _Miss(Exception):

@@ -1,7 +1,7 @@
 """The looping self-improvement flow, and the nightly flow that continues a run.
 
 ``self_improve``: prepare, fine-tune, then rounds of sample -> filter -> retrain -> validate until a
-stop rule fires (:func:`selffeed.rounds.loop`, with this package's tasks as its stages). GPU-bound stages go through :func:`flows.gpu_stages.run_stage` (the gpu pool's
+stop rule fires (:func:`selffeed.loop.rounds.loop`, with this package's tasks as its stages). GPU-bound stages go through :func:`flows.gpu_stages.run_stage` (the gpu pool's
 workers when one is online, else this process). Every stage is cached under a content-addressed
 key, so running the flow again on the same run (a new run, the UI's Retry, ``prefect flow-run
 retry``) reuses completed stages and runs only what failed and what follows. One flow at a time
@@ -27,8 +27,8 @@ from pydantic import Field
 
 from flows.gpu_stages import run_stage
 from selffeed.config import RunConfig
-from selffeed.rounds import Stages, run_rounds
-from selffeed.runs import continued_config
+from selffeed.loop.rounds import Stages, run_rounds
+from selffeed.run.bookkeeping import continued_config
 from tasks.stages import for_run
 
 

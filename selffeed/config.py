@@ -298,7 +298,7 @@ class FilterConfig(_Section):
     """Which completions are kept. The vote, views, confidence, ensemble, length and dedup filters see
     prompts, completions and parsed answers only. The score filters (min_score, best_of_k) judge samples
     by the references the data came with, i.e. by true labels (supervised rejection sampling, RAFT/STaR),
-    and oracle uses the recipe's true answers; label_free refuses both. See selffeed.labels."""
+    and oracle uses the recipe's true answers; label_free refuses both. See selffeed.filtering.labels."""
 
     vote: bool = Field(True, description="Self-consistency majority vote over a prompt's k samples.")
     min_agreement: float = Field(
@@ -450,7 +450,7 @@ def config_warnings(cfg: RunConfig) -> list[str]:
 
 def _label_free_conflict(cfg: RunConfig) -> str | None:
     """Why ``cfg`` breaks ``filter.label_free`` (a setting that lets true labels steer the loop), or None."""
-    from selffeed.scorers import BUILTIN
+    from selffeed.filtering.scorers import BUILTIN
 
     f = cfg.filter
     if f.oracle:
@@ -512,7 +512,7 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def check_recipe_fields(self) -> RunConfig:
         # Cross-section rules; the loop metric is resolved here so run.json always names it.
-        from selffeed.scorers import metric_name
+        from selffeed.filtering.scorers import metric_name
 
         if self.model.path:  # a pretrained checkpoint: its fine-tuning defaults for every unset field
             for name, defaults in PRETRAINED.items():

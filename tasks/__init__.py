@@ -1,1 +1,1 @@
-"""Prefect tasks: thin wrappers, one per stage, around :mod:`selffeed.stages`."""
+"""Prefect tasks: thin wrappers, one per stage, around :mod:`selffeed.loop.stages`."""

@@ -1,6 +1,6 @@
 """The Prefect cache policy of the stages: content-addressed keys that heal themselves.
 
-The key is :func:`selffeed.keys.stage_key` (the package's source, library versions, the config
+The key is :func:`selffeed.run.keys.stage_key` (the package's source, library versions, the config
 sections the stage reads, user code, the content of files the config names, and upstream digests). Prefect alone knows nothing about the Parquet files and checkpoints a
 manifest names: when a cached manifest's files are gone or changed, this policy drops the record so
 the lookup misses and the stage runs again under the same key, instead of handing a dangling or
@@ -17,8 +17,8 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
-from selffeed.keys import stage_key
-from selffeed.manifest import Manifest
+from selffeed.run.keys import stage_key
+from selffeed.run.manifest import Manifest
 
 
 def _manifests(value: Any) -> list[Manifest]:

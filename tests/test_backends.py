@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from selffeed.config import ModelConfig, SampleConfig, TrainConfig
-from selffeed.finetune import train
-from selffeed.model import load_checkpoint, save_checkpoint, tiny_gpt2
+from selffeed.training.finetune import train
+from selffeed.training.model import load_checkpoint, save_checkpoint, tiny_gpt2
 from tests.conftest import free_port, tiny_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ TRAIN = dict(steps=8, batch_size=8, warmup_steps=1, lr=1e-2, progress=False)
 @pytest.mark.parametrize("arch, adapted", [("gpt2", {"c_attn.weight"}), ("llama", {"q_proj.weight", "v_proj.weight"})])
 def test_lora_trains_only_adapted_weights_and_saves_plain_checkpoint(tmp_path, tokenizer, tiny_model, arch, adapted):
     pytest.importorskip("peft")
-    from selffeed.backends.lora import merge_lora, trainable_parameters, with_lora
+    from selffeed.training.lora import merge_lora, trainable_parameters, with_lora
 
     model = tiny_model if arch == "gpt2" else tiny_llama(tokenizer)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -66,14 +66,14 @@ def test_lora_trains_only_adapted_weights_and_saves_plain_checkpoint(tmp_path, t
 
 
 def test_lora_off_leaves_model_alone(tiny_model):
-    from selffeed.backends.lora import merge_lora, with_lora
+    from selffeed.training.lora import merge_lora, with_lora
 
     assert with_lora(tiny_model, TrainConfig()) is tiny_model
     assert merge_lora(tiny_model) is tiny_model
 
 
 def test_lora_without_peft_names_the_field_and_extra(tiny_model, monkeypatch):
-    from selffeed.backends.lora import with_lora
+    from selffeed.training.lora import with_lora
 
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(ImportError, match=r"lora_r > 0 needs peft: pip install 'selffeed\[lora\]'"):
@@ -83,7 +83,7 @@ def test_lora_without_peft_names_the_field_and_extra(tiny_model, monkeypatch):
 @pytest.mark.slow
 def test_lora_finetune_stage_writes_a_loadable_checkpoint(tmp_path):
     pytest.importorskip("peft")
-    from selffeed.stages import _base_model, finetune, prepare
+    from selffeed.loop.stages import _base_model, finetune, prepare
 
     cfg = tiny_run_config(tmp_path, **{"finetune.lora_r": 4, "finetune.steps": 10})
     data = prepare(cfg)
@@ -101,9 +101,9 @@ def test_lora_finetune_stage_writes_a_loadable_checkpoint(tmp_path):
 @pytest.fixture(scope="module")
 def vllm_engine(tmp_path_factory):
     pytest.importorskip("vllm")
-    from selffeed.backends.vllm_sampler import load_vllm
-    from selffeed.model import char_tokenizer
     from selffeed.recipes.arithmetic import CHARS
+    from selffeed.sampling.vllm_engine import load_vllm
+    from selffeed.training.model import char_tokenizer
 
     tok = char_tokenizer(CHARS)
     # vLLM's CPU attention kernels take head sizes of 32 and up (16 fails).
@@ -116,8 +116,8 @@ def vllm_engine(tmp_path_factory):
 
 @pytest.mark.slow
 def test_vllm_samples_do_not_depend_on_batching(vllm_engine):
-    from selffeed.backends.vllm_sampler import generate_batches, sample_completions
-    from selffeed.sample import plan_batches
+    from selffeed.sampling.sampler import plan_batches
+    from selffeed.sampling.vllm_engine import generate_batches, sample_completions
 
     llm, tok, _ = vllm_engine
     cfg = SampleConfig(k=4, batch_prompts=2)
@@ -136,8 +136,8 @@ def test_vllm_samples_do_not_depend_on_batching(vllm_engine):
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_vllm_greedy_matches_hf_on_gpu(vllm_engine):
-    from selffeed.backends.vllm_sampler import sample_completions as vllm_sample
-    from selffeed.sample import sample_completions as hf_sample
+    from selffeed.sampling.sampler import sample_completions as hf_sample
+    from selffeed.sampling.vllm_engine import sample_completions as vllm_sample
 
     llm, tok, path = vllm_engine
     model, hf_tok = load_checkpoint(path)
@@ -148,11 +148,11 @@ def test_vllm_greedy_matches_hf_on_gpu(vllm_engine):
 
 
 def test_vllm_backend_without_vllm_names_the_field_and_extra(monkeypatch):
-    from selffeed.backends import vllm_sampler
+    from selffeed.sampling import vllm_engine
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match=r"sample.backend=vllm needs vLLM: pip install 'selffeed\[vllm\]'"):
-        vllm_sampler.load_vllm("unused")
+        vllm_engine.load_vllm("unused")
 
 
 # --- data-parallel training -------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_vllm_backend_without_vllm_names_the_field_and_extra(monkeypatch):
 def test_single_process_training_is_plain_training_without_accelerate(tokenizer, monkeypatch):
     monkeypatch.setitem(sys.modules, "accelerate", None)  # must not be needed in one process
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    distributed = importlib.reload(importlib.import_module("selffeed.backends.distributed"))
+    distributed = importlib.reload(importlib.import_module("selffeed.training.distributed"))
     cfg = ModelConfig(n_embd=16, n_layer=1, n_head=2, n_inner=32, n_positions=32, dropout=0.1)
     a, b = tiny_gpt2(cfg, tokenizer, seed=0), tiny_gpt2(cfg, tokenizer, seed=0)
     sa = train(a, tokenizer, examples(), TrainConfig(**TRAIN), seed=3)
@@ -188,10 +188,10 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "selffeed.backends.distributed", *args, "--out", str(tmp_path / "two")],
+         "-m", "selffeed.training.distributed", *args, "--out", str(tmp_path / "two")],
         check=True, env=env, cwd=tmp_path, capture_output=True, timeout=300,
     )
-    from selffeed.backends.distributed import main
+    from selffeed.training.distributed import main
 
     main([*args, "--out", str(tmp_path / "one")])
     start, one, two = (load_checkpoint(tmp_path / d)[0].state_dict() for d in ("start", "one", "two"))
@@ -206,8 +206,8 @@ def test_retrain_stage_launched_on_two_processes_matches_one(tmp_path):
     """retrain.processes=2: the stage itself launches two gloo ranks, and the round's weights are the
     single-process stage's (the update is the same; only float rounding differs)."""
     pytest.importorskip("accelerate")
-    from selffeed import stages
-    from selffeed.layout import RunLayout
+    from selffeed.loop import stages
+    from selffeed.run.layout import RunLayout
 
     weights = {}
     for n in (1, 2):

@@ -1,6 +1,6 @@
 """Persisted, cacheable stages: a re-run executes exactly the failed stage and what follows it.
 
-Stage executions are counted by wrapping the functions of ``selffeed.stages`` that the Prefect tasks
+Stage executions are counted by wrapping the functions of ``selffeed.loop.stages`` that the Prefect tasks
 call; a cached task never calls them. Prefect's own task-run states are checked too.
 """
 
@@ -12,8 +12,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from selffeed import stages
-from selffeed.layout import RunLayout
+from selffeed.loop import stages
+from selffeed.run.layout import RunLayout
 from tests.conftest import tiny_run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -172,8 +172,8 @@ def test_round_artifacts_and_status(tmp_path, rec, capsys):
 
 def test_orchestrator_sees_cached_stages_and_runs_gpu_stages_locally_without_workers(tmp_path, rec):
     from flows.gpu_stages import gpu_workers_online
-    from selffeed.layout import read_json
-    from selffeed.manifest import Manifest
+    from selffeed.run.layout import read_json
+    from selffeed.run.manifest import Manifest
     from tasks.cache import cached_result
 
     cfg = tiny_run_config(tmp_path)

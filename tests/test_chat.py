@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from selffeed.config import ModelConfig, SampleConfig, TrainConfig
-from selffeed.finetune import tokenize_examples, train
-from selffeed.model import char_tokenizer, end_of_turn, load_checkpoint, save_checkpoint, tiny_gpt2
-from selffeed.sample import sample_completions
+from selffeed.sampling.sampler import sample_completions
+from selffeed.training.finetune import tokenize_examples, train
+from selffeed.training.model import char_tokenizer, end_of_turn, load_checkpoint, save_checkpoint, tiny_gpt2
 
 TEMPLATE = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"

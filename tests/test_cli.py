@@ -77,7 +77,7 @@ def test_replay_misses_on_a_changed_setting_or_a_lost_file(tmp_path, monkeypatch
     writes nothing, so the flow runs and records the work."""
     from flows.replay import replay
     from selffeed.config import load_config
-    from selffeed.layout import RunLayout
+    from selffeed.run.layout import RunLayout
     from tests.conftest import tiny_overrides as tiny
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "runs" / ".prefect"))

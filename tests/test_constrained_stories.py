@@ -8,16 +8,24 @@ import math
 import pandas as pd
 import pytest
 
-from selffeed import schema
 from selffeed.config import ConfigError, load_config
-from selffeed.experiment import control_config
-from selffeed.layout import RunLayout, read_json
-from selffeed.model import load_checkpoint
-from selffeed.recipes.constrained_stories import WORDS, checks, constraint_score, constraints_of, make_splits, prompt_of, request
-from selffeed.rounds import run_rounds
-from selffeed.runs import read_history
-from selffeed.story_checks import ref_perplexities, story_filters, story_metrics
-from selffeed.text_filters import repeat_ratio
+from selffeed.experiments.arms import control_config
+from selffeed.filtering.text import repeat_ratio
+from selffeed.loop.rounds import run_rounds
+from selffeed.recipes.constrained_stories import (
+    WORDS,
+    checks,
+    constraint_score,
+    constraints_of,
+    make_splits,
+    prompt_of,
+    request,
+)
+from selffeed.recipes.story_checks import ref_perplexities, story_filters, story_metrics
+from selffeed.run import schema
+from selffeed.run.bookkeeping import read_history
+from selffeed.run.layout import RunLayout, read_json
+from selffeed.training.model import load_checkpoint
 
 PROMPT = request(["owl", "lantern", "river"], 40, 150)
 GOOD = (

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from selffeed.config import load_config
-from selffeed.layout import RunLayout
+from selffeed.run.layout import RunLayout
 from tests.conftest import api, stop_group, tiny_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -9,14 +9,14 @@ import struct
 import pandas as pd
 import pytest
 
-from selffeed import experiment as ex
 from selffeed.config import ConfigError, LoopConfig, load_config
-from selffeed.filters import apply_filters
-from selffeed.labels import oracle_kept, with_views
-from selffeed.layout import ExperimentLayout
-from selffeed.plots import figure_pixels
+from selffeed.experiments import arms as ex
+from selffeed.experiments.plots import figure_pixels
+from selffeed.filtering.filters import apply_filters
+from selffeed.filtering.labels import oracle_kept, with_views
 from selffeed.recipes import recipe_for
 from selffeed.recipes.arithmetic import encode, true_completion
+from selffeed.run.layout import ExperimentLayout
 from tests.conftest import tiny_run_config
 
 CONFIG = "data/configs/arithmetic.yaml"

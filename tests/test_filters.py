@@ -4,7 +4,15 @@ import pandas as pd
 import pytest
 
 from selffeed.config import FilterConfig
-from selffeed.filters import apply_filters, dedup, length_ok, load_verifier, majority_vote, verified, vote_stats
+from selffeed.filtering.filters import (
+    apply_filters,
+    dedup,
+    length_ok,
+    load_verifier,
+    majority_vote,
+    verified,
+    vote_stats,
+)
 
 
 def frame(rows):

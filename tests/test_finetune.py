@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from selffeed.config import TrainConfig
-from selffeed.finetune import batch_order, train
+from selffeed.training.finetune import batch_order, train
 
 
 def examples(n: int = 48) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def test_training_changes_every_weight_and_lowers_loss(tiny_model, tokenizer):
 
 def test_gradient_accumulation_gives_the_same_update(tokenizer):
     from selffeed.config import ModelConfig
-    from selffeed.model import tiny_gpt2
+    from selffeed.training.model import tiny_gpt2
 
     small = ModelConfig(n_embd=16, n_layer=1, n_head=2, n_inner=32, n_positions=32, dropout=0.0)
     cfg = TrainConfig(steps=4, batch_size=12, warmup_steps=1, progress=False)

@@ -5,10 +5,10 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selffeed import schema
-from selffeed.layout import RunLayout, read_json
+from selffeed.evaluation.validate import evaluate
 from selffeed.recipes.arithmetic import parse_answer
-from selffeed.validate import evaluate
+from selffeed.run import schema
+from selffeed.run.layout import RunLayout, read_json
 from tests.conftest import tiny_run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -15,8 +15,8 @@ import pytest
 from prefect.states import Completed
 
 import flows.gpu_stages as gs
-from selffeed.manifest import Manifest
-from selffeed.stages import layout_of
+from selffeed.loop.stages import layout_of
+from selffeed.run.manifest import Manifest
 from tests.conftest import tiny_run_config
 
 DATA = Manifest(stage="prepare", paths={}, digests={})

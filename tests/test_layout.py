@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from selffeed import schema
 from selffeed.config import ModelConfig
-from selffeed.layout import RunLayout, point_to, remove_temporaries, write_json, write_text
-from selffeed.model import load_checkpoint, save_checkpoint, tiny_gpt2
+from selffeed.run import schema
+from selffeed.run.layout import RunLayout, point_to, remove_temporaries, write_json, write_text
+from selffeed.training.model import load_checkpoint, save_checkpoint, tiny_gpt2
 
 LABELLED_ROW = pd.DataFrame({"prompt": ["1+2="], "completion": ["3"], "difficulty": [1], "reference": ["3"]})
 WRITERS = {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from selffeed.lock import RunLocked, acquire, assert_unlocked, read_holder, release, run_lock
+from selffeed.run.lock import RunLocked, acquire, assert_unlocked, read_holder, release, run_lock
 
 ROOT = Path(__file__).parents[1]
 PROCESSES, SHARE = 8, 150
@@ -69,7 +69,7 @@ def test_contending_processes_never_hold_the_lock_together(tmp_path):
 
 def hold(path: Path) -> subprocess.Popen:
     """A process that takes the lock and sleeps; returns once it holds it."""
-    code = (f"import sys, time; from pathlib import Path; from selffeed.lock import acquire; "
+    code = (f"import sys, time; from pathlib import Path; from selffeed.run.lock import acquire; "
             f"acquire(Path({str(path)!r}), owner='sleeper'); print('ready', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "ready\n"

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from selffeed.config import LoopConfig
-from selffeed.loop import best_round, stop_reason, training_mix
+from selffeed.loop.policy import best_round, stop_reason, training_mix
 
 SEED = pd.DataFrame({"prompt": ["a", "b"], "completion": ["1", "2"]})
 R1 = pd.DataFrame({"prompt": ["c", "a"], "completion": ["3", "9"]})  # "a" is labelled: never overridden
@@ -118,14 +118,14 @@ def test_collapse_guard_stops_on_falling_diversity():
 def test_reinit_trains_the_base_weights_continue_the_previous_round(tmp_path, monkeypatch):
     import torch
 
-    from selffeed import stages
+    from selffeed.loop import stages
     from tests.conftest import tiny_run_config
 
     seen = {}
 
     def fake_train(model, tokenizer, mix, cfg, seed, desc="", progress=None, amp=None):
         seen["weights"] = {n: p.detach().clone() for n, p in model.named_parameters()}
-        from selffeed.finetune import TrainStats
+        from selffeed.training.finetune import TrainStats
 
         return TrainStats(steps=0, examples=len(mix), tokens=0, first_loss=0.0, final_loss=0.0, seconds=0.0)
 

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selffeed.config import TrainConfig
-from selffeed.finetune import IGNORE, lr_at, tokenize_examples, train
-from selffeed.model import ModelLoadError, check_checkpoint, load_checkpoint, save_checkpoint
+from selffeed.training.finetune import IGNORE, lr_at, tokenize_examples, train
+from selffeed.training.model import ModelLoadError, check_checkpoint, load_checkpoint, save_checkpoint
 
 
 def examples(n=64):
@@ -49,7 +49,7 @@ def test_training_changes_every_weight_and_lowers_loss(tokenizer, tiny_model):
 
 def test_training_is_seeded(tokenizer):
     from selffeed.config import ModelConfig
-    from selffeed.model import tiny_gpt2
+    from selffeed.training.model import tiny_gpt2
 
     cfg = ModelConfig(n_embd=16, n_layer=1, n_head=2, n_inner=32, n_positions=32)
     a, b = tiny_gpt2(cfg, tokenizer, seed=1), tiny_gpt2(cfg, tokenizer, seed=1)

@@ -6,11 +6,13 @@ import doctest
 import pandas as pd
 import pytest
 
-from selffeed import curriculum, filters, schema
 from selffeed.config import FilterConfig
-from selffeed.filters import apply_filters, confident, ensemble_agree, views_agree
-from selffeed.layout import RunLayout
+from selffeed.filtering import filters
+from selffeed.filtering.filters import apply_filters, confident, ensemble_agree, views_agree
+from selffeed.loop import curriculum
 from selffeed.recipes.arithmetic import decode, swapped
+from selffeed.run import schema
+from selffeed.run.layout import RunLayout
 from tests.conftest import tiny_run_config
 
 
@@ -77,7 +79,7 @@ def test_swapped_view_is_the_same_problem():
 
 @pytest.mark.slow
 def test_sample_with_views_and_ensemble_filter(tmp_path):
-    from selffeed import stages
+    from selffeed.loop import stages
 
     cfg = tiny_run_config(
         tmp_path, **{"filter.views": "true", "filter.ensemble_rounds": 1, "filter.ensemble_min": 0.5,
@@ -111,7 +113,8 @@ def test_sample_with_views_and_ensemble_filter(tmp_path):
 
 @pytest.mark.slow
 def test_curriculum_restricts_the_round_pool(tmp_path):
-    from selffeed import runs, stages
+    from selffeed.loop import stages
+    from selffeed.run import bookkeeping
 
     cfg = tiny_run_config(
         tmp_path, **{"arithmetic.pool_digits": "[1, 2]", "arithmetic.pool_per_round": 20, "arithmetic.test_digits": "[1, 2]",
@@ -121,7 +124,7 @@ def test_curriculum_restricts_the_round_pool(tmp_path):
     pool = schema.read(data.path("pool"), schema.POOL)
     assert pool.groupby("difficulty").size().to_dict() == {1: 40, 2: 40}  # per_round x slices each
     history = [{"accuracy_by_difficulty": {"1": 1.0, "2": 0.4}}]
-    assert runs.next_difficulties(cfg, data, history) == [2]
+    assert bookkeeping.next_difficulties(cfg, data, history) == [2]
     model = stages.finetune(cfg, data)
     m = stages.sample(cfg, 1, model, data, [2])
     samples = schema.read(m.path("samples"), schema.SAMPLES)
@@ -130,9 +133,9 @@ def test_curriculum_restricts_the_round_pool(tmp_path):
 
 
 def test_offset_views_vote_in_the_prompts_frame_and_keep_each_views_own_answer(tmp_path):
-    from selffeed import stages
-    from selffeed.manifest import make_manifest
+    from selffeed.loop import stages
     from selffeed.recipes import arithmetic as ar
+    from selffeed.run.manifest import make_manifest
 
     cfg = tiny_run_config(tmp_path, **{"filter.views": "true", "arithmetic.offset_views": 2, "finetune.steps": 20})
     data = stages.prepare(cfg)

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from selffeed import precision
 from selffeed.config import TrainConfig, load_config
-from selffeed.finetune import train
+from selffeed.training import precision
+from selffeed.training.finetune import train
 
 
 def test_auto_picks_bf16_for_checkpoints_on_bf16_cpus_and_fp32_for_the_tiny_model(monkeypatch):

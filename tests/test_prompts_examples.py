@@ -1,7 +1,7 @@
 """The three worked examples of docs/bring-your-own-task.md: one full round each on a tiny model.
 
 Each test loads the shipped config, points it at freshly generated example data and a tiny GPT-2,
-runs prepare -> fine-tune -> sample -> filter -> retrain -> validate through :mod:`selffeed.stages`,
+runs prepare -> fine-tune -> sample -> filter -> retrain -> validate through :func:`selffeed.loop.rounds.run_rounds`,
 and checks the corpora on disk, the scores in them (recomputed with the reference packages) and
 the validation metric.
 """
@@ -15,13 +15,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from selffeed import runs, schema, stages
 from selffeed.config import load_config
-from selffeed.examples import write_examples
-from selffeed.layout import RunLayout, read_json
-from selffeed.report import round_table
-from selffeed.scorers import extract_final
-from selffeed.status import format_status, run_status
+from selffeed.filtering.scorers import extract_final
+from selffeed.loop.rounds import run_rounds
+from selffeed.recipes.examples import write_examples
+from selffeed.run import bookkeeping, schema
+from selffeed.run.layout import RunLayout, read_json
+from selffeed.run.report import round_table
+from selffeed.run.status import format_status, run_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -52,15 +53,8 @@ def final_ref(hyp: str, ref: str) -> float:
 def one_round(tmp_path, name: str, *extra: str):
     data = write_examples(tmp_path / "data")
     cfg = load_config(CONFIGS / f"{name}.yaml", [f"runs_dir={tmp_path / 'runs'}", f"prompts.data={data[name]}", *TINY, *extra])
-    with runs.open_run(cfg, owner="test"):
-        prepared = stages.prepare(cfg)
-        model0 = stages.finetune(cfg, prepared)
-        history = [stages.validate(cfg, 0, model0, prepared).meta["metrics"]]
-        drawn = stages.sample(cfg, 1, model0, prepared)
-        kept = stages.filter_samples(cfg, 1, drawn)
-        model1 = stages.retrain(cfg, 1, model0, prepared, [kept])
-        history.append(stages.validate(cfg, 1, model1, prepared, [drawn, kept]).meta["metrics"])
-        record = runs.decide(cfg, history)
+    record = run_rounds(cfg, owner="test")  # the flow's round loop, over the plain stages
+    assert record["rounds"] == [0, 1] and record["stopped"]
     return cfg, RunLayout.of(cfg.runs_dir, cfg.name), record
 
 
@@ -97,7 +91,7 @@ def check_metrics(lay: RunLayout, record: dict, name: str, upper: float) -> None
         assert "accuracy" not in m
     assert record["metric"] == name and record["best_round"] in (0, 1)
     # The CLI's table and `selffeed status` show the scored metric.
-    table = round_table(runs.read_history(lay))
+    table = round_table(bookkeeping.read_history(lay))
     assert table.splitlines()[0].split()[:6] == ["round", "train", "kept", "kept_score", name, "loss"]
     assert f"{name} {read_json(lay.metrics(1))['test'][name]:.3f}" in format_status(run_status(lay.root))  # test figures
     assert read_json(lay.metrics(1))["kept"] == len(schema.read(lay.kept(1), schema.KEPT))

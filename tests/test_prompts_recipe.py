@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from datasets import Dataset, DatasetDict
 
-from selffeed.checks import preflight
 from selffeed.config import ConfigError, load_config
-from selffeed.examples import write_examples
-from selffeed.model import char_tokenizer, save_checkpoint, tiny_gpt2
 from selffeed.recipes import recipe_for
+from selffeed.recipes.examples import write_examples
 from selffeed.recipes.prompts import DataError, chars_of, make_splits
+from selffeed.run.checks import preflight
+from selffeed.training.model import char_tokenizer, save_checkpoint, tiny_gpt2
 
 ROWS = [
     {"q": f"what is {i}?", "a": str(i), "sol": f"it is {i}" if i < 4 else None, "part": "test" if i >= 8 else "train"}

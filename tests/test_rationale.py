@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from selffeed.config import FilterConfig
-from selffeed.filters import apply_filters
-from selffeed.rationale import false_steps, steps_true, unused_numbers
+from selffeed.filtering.filters import apply_filters
+from selffeed.filtering.rationale import false_steps, steps_true, unused_numbers
 
 PROBLEM = "Ben has 30 cards. Ben gives 24 cards to Mia. Ben finds 5 more cards. How many cards does Ben have now?"
 

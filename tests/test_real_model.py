@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selffeed import schema
 from selffeed.config import load_config
-from selffeed.layout import RunLayout, read_json
-from selffeed.precision import cpu_has_bf16
-from selffeed.rounds import run_rounds
-from selffeed.runs import read_history
+from selffeed.loop.rounds import run_rounds
+from selffeed.run import schema
+from selffeed.run.bookkeeping import read_history
+from selffeed.run.layout import RunLayout, read_json
+from selffeed.training.precision import cpu_has_bf16
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -60,8 +60,8 @@ def test_greedy_sampling_equals_generate_on_the_imported_model(smollm2):
     # The hand-written decode loop (its KV cache, its per-row stopping at the end-of-turn token) gives
     # generate's greedy tokens on a real Llama-architecture chat model, in fp32.
     from selffeed.config import SampleConfig
-    from selffeed.model import load_checkpoint
-    from selffeed.sample import sample_completions
+    from selffeed.sampling.sampler import sample_completions
+    from selffeed.training.model import load_checkpoint
 
     model, tok = load_checkpoint(smollm2)
     questions = ["What is 3 + 4?", "Name a colour.", "Write one sentence about the sea.", "Say hi."]

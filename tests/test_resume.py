@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from selffeed import sample_stage, stages
-from selffeed.layout import RunLayout, read_json
-from selffeed.lock import read_holder
+from selffeed.loop import stages
+from selffeed.run.layout import RunLayout, read_json
+from selffeed.run.lock import read_holder
+from selffeed.sampling import shards
 from tests.conftest import tiny_run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -107,7 +108,7 @@ def test_kill_during_training_reruns_the_stage_identically(tmp_path, reference):
 
 def test_second_writer_is_refused_naming_the_holder(tmp_path):
     lay = RunLayout.of(tmp_path, "crash")
-    code = (f"import time; from pathlib import Path; from selffeed.lock import acquire; "
+    code = (f"import time; from pathlib import Path; from selffeed.run.lock import acquire; "
             f"acquire(Path({str(lay.lock)!r}), owner='x'); print('ready', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -135,7 +136,7 @@ def test_resumed_sampling_equals_uninterrupted(tmp_path, monkeypatch):
     whole = lay.samples(1).read_bytes()
     lay.samples(1).unlink()
 
-    real = sample_stage.generate_batches
+    real = shards.generate_batches
     calls = []
 
     def dies_on_third(*args, **kwargs):
@@ -144,10 +145,10 @@ def test_resumed_sampling_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sample_stage, "generate_batches", dies_on_third)
+    monkeypatch.setattr(shards, "generate_batches", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         stages.sample(cfg, 1, model, data)
-    monkeypatch.setattr(sample_stage, "generate_batches", real)
+    monkeypatch.setattr(shards, "generate_batches", real)
     assert len(list(lay.round_dir(1).glob(".samples-*/shard-*.parquet"))) == 2
     resumed = stages.sample(cfg, 1, model, data)
     assert resumed.meta["shards_resumed"] == 2 and resumed.meta["shards"] == 5

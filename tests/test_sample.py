@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from selffeed.config import SampleConfig
-from selffeed.sample import _process, generate_batches, plan_batches, sample_completions
+from selffeed.sampling.sampler import _process, generate_batches, plan_batches, sample_completions
 
 PROMPTS = ["12+34=", "1+2=", "99+1=", "5+5=", "7+70="]
 
@@ -146,7 +146,7 @@ def test_first_tokens_follow_the_model_distribution(tiny_model, tokenizer):
 def test_models_without_a_cache_argument_sample_through_generate(tiny_model, tokenizer, monkeypatch):
     # A model whose forward takes no KV cache (no logits_to_keep) goes through model.generate instead of the
     # hand-written decode loop: same greedy text, token counts and log-probs; k seeded samples per prompt.
-    import selffeed.sample as sample
+    import selffeed.sampling.sampler as sample
 
     greedy = SampleConfig(greedy=True, batch_prompts=8)
     fast = sample_completions(tiny_model, tokenizer, PROMPTS, greedy, 0, 6)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from selffeed import sample_stage, stages
-from selffeed.layout import RunLayout
+from selffeed.loop import stages
+from selffeed.run.layout import RunLayout
+from selffeed.sampling import shards
 from tests.conftest import tiny_run_config
 
 SHARDED = {"sample.batch_prompts": 4, "sample.shard_batches": 1, "arithmetic.pool_per_round": 14}
@@ -35,7 +36,7 @@ def test_parts_merge_to_the_bytes_of_one_process(trained, monkeypatch):
     assert stages.sample_part(cfg, 1, model, data, part=0, parts=2) == {"written": 0, "skipped": 2}
 
     # The merge loads no model: every shard is on disk.
-    monkeypatch.setattr(sample_stage, "load_checkpoint", lambda *a: pytest.fail("merge loaded the model"))
+    monkeypatch.setattr(shards, "load_checkpoint", lambda *a: pytest.fail("merge loaded the model"))
     merged = stages.sample(cfg, 1, model, data)
     assert lay.samples(1).read_bytes() == whole_bytes
     assert merged.meta["shards_resumed"] == 4 and merged.rows == whole.rows > 0
@@ -44,9 +45,9 @@ def test_parts_merge_to_the_bytes_of_one_process(trained, monkeypatch):
 
 def test_merge_of_missing_shards_fails_naming_one(trained):
     cfg, data, model, _, _ = trained
-    plan = sample_stage.plan(cfg, 1, model, data)
-    sample_stage.write_shards(plan, part=0, parts=3)
+    plan = shards.plan(cfg, 1, model, data)
+    shards.write_shards(plan, part=0, parts=3)
     with pytest.raises(FileNotFoundError, match=r"sample shard .*shard-00001.parquet: missing \(2 of 4\)"):
-        sample_stage.merge(plan, 0.0, 0)
+        shards.merge(plan, 0.0, 0)
     with pytest.raises(ValueError, match="part 3 of 3"):
-        sample_stage.write_shards(plan, part=3, parts=3)
+        shards.write_shards(plan, part=3, parts=3)

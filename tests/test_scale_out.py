@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from selffeed import stages
 from selffeed.config import load_config
-from selffeed.layout import RunLayout
+from selffeed.loop import stages
+from selffeed.run.layout import RunLayout
 from tests.conftest import api, stop_group, tiny_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -39,7 +39,7 @@ import json, sys
 from prefect import flow
 from flows.gpu_stages import run_stage
 from selffeed.config import load_config
-from selffeed.manifest import Manifest
+from selffeed.run.manifest import Manifest
 
 cfg = load_config(None, json.loads(sys.argv[1]))
 model, data = (Manifest.model_validate_json(a) for a in sys.argv[2:4])

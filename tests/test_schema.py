@@ -4,10 +4,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from selffeed import schema
 from selffeed.config import FilterConfig, SampleConfig
-from selffeed.filters import apply_filters
-from selffeed.sample import Completion, samples_frame
+from selffeed.filtering.filters import apply_filters
+from selffeed.run import schema
+from selffeed.sampling.sampler import Completion, samples_frame
 
 
 @pytest.fixture

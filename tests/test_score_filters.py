@@ -4,9 +4,9 @@ import doctest
 
 import pandas as pd
 
-from selffeed import filters
 from selffeed.config import FilterConfig
-from selffeed.filters import apply_filters, best_of_k, score_at_least
+from selffeed.filtering import filters
+from selffeed.filtering.filters import apply_filters, best_of_k, score_at_least
 
 
 def frame():

@@ -8,8 +8,8 @@ import pytest
 from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU, CHRF
 
-from selffeed import scorers
-from selffeed.scorers import ScorerError, load_scorer, metric_name, score_rows
+from selffeed.filtering import scorers
+from selffeed.filtering.scorers import ScorerError, load_scorer, metric_name, score_rows
 
 PAIRS = [
     ("le chat noir", "le chat noir"),

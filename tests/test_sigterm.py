@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from selffeed.lock import read_holder
+from selffeed.run.lock import read_holder
 from tests.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -77,7 +77,7 @@ def test_sigterm_stops_the_temporary_server_and_releases_the_lock(tmp_path):
         while time.time() < deadline and any(_alive(s) for s in servers):
             time.sleep(0.5)
         assert not any(_alive(s) for s in servers), "the temporary API server outlived its run"
-        assert read_holder(runs / "term" / ".lock") is None  # the file stays (selffeed.lock); nobody holds it
+        assert read_holder(runs / "term" / ".lock") is None  # the file stays (selffeed.run.lock); nobody holds it
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from selffeed.config import load_config
-from selffeed.recipes import stories
-from selffeed.text_filters import (
+from selffeed.evaluation.text import distinct_n, diversity, ngram_entropy, self_bleu
+from selffeed.filtering.text import (
     apply_text_filters,
     exact_dedup,
     near_dedup,
@@ -17,7 +17,7 @@ from selffeed.text_filters import (
     repetition_ok,
     user_scores,
 )
-from selffeed.text_metrics import distinct_n, diversity, ngram_entropy, self_bleu
+from selffeed.recipes import stories
 
 STORY = ("Once upon a time, there was a shy fox named Mia. Mia lived on a farm. One day, Mia lost her hat. "
          "She was sad. Then, Mia met an old owl. They became friends. The end.")
@@ -118,8 +118,10 @@ def test_story_checker_rejects_each_kind_of_error(broken, why):
 
 
 def test_doctests():
-    from selffeed import loop, text_filters, text_metrics
+    from selffeed.evaluation import text as text_metrics
+    from selffeed.filtering import text as text_filters
+    from selffeed.loop import policy
     from selffeed.recipes import text
 
-    for module in (text_filters, text_metrics, stories, text, loop):
+    for module in (text_filters, text_metrics, stories, text, policy):
         assert doctest.testmod(module).failed == 0, module.__name__

@@ -9,14 +9,15 @@ import torch
 from datasets import Dataset, load_dataset
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from selffeed import runs, stages
-from selffeed.checks import preflight
 from selffeed.config import ConfigError, load_config
-from selffeed.model import ModelLoadError, load_checkpoint
+from selffeed.loop import stages
 from selffeed.recipes import recipe_for
 from selffeed.recipes.prompts import DataError
 from selffeed.recipes.text import read_documents, word_tokenizer
-from selffeed.report import round_table
+from selffeed.run import bookkeeping
+from selffeed.run.checks import preflight
+from selffeed.run.report import round_table
+from selffeed.training.model import ModelLoadError, load_checkpoint
 
 DOCS = [f"Doc {i} starts here and then goes on for a while." for i in range(12)]
 SMALL = [
@@ -143,7 +144,7 @@ def test_one_round_end_to_end(tmp_path, family):
     kept = stages.filter_samples(cfg, 1, samples)
     m1 = stages.retrain(cfg, 1, m0, data, [kept])
     history.append(stages.validate(cfg, 1, m1, data, [samples, kept]).meta["metrics"])
-    record = runs.decide(cfg, history)
+    record = bookkeeping.decide(cfg, history)
 
     assert samples.rows == 4 * 2 and 0 < kept.rows <= samples.rows
     got = load_dataset("parquet", data_files=str(stages.layout_of(cfg).round_dir(1) / "kept.parquet"))["train"]

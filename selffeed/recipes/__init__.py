@@ -30,7 +30,7 @@ class Recipe:
     """Prompt -> correct completion. Only reporting may call this; None when the recipe has no oracle."""
     max_new_tokens: int
     scorer: str | None = None
-    """Scorer spec (see :mod:`selffeed.scorers`) for validation and score filters; None: exact match."""
+    """Scorer spec (see :mod:`selffeed.filtering.scorers`) for validation and score filters; None: exact match."""
     views: Callable[[str], list[str]] | None = None
     """Prompt -> views whose answers are tied to its answer (filter.views); None when the recipe has none."""
     view_answer: Callable[[str, str, str | None], str | None] | None = None

@@ -97,7 +97,7 @@ def score(story: str, prompt: str) -> float:
 
 
 def constraint_score(samples: Sequence[str], prompts: Sequence[str], **kw: Any) -> list[float]:
-    """The recipe's scorer (see :mod:`selffeed.scorers`): :func:`score` of each completion under its prompt.
+    """The recipe's scorer (see :mod:`selffeed.filtering.scorers`): :func:`score` of each completion under its prompt.
     It reads only the prompt, never a reference."""
     return [score(s, p) for s, p in zip(samples, prompts)]
 

@@ -8,7 +8,7 @@ with a completion form the labelled seed and the others the unlabelled pool. Wit
 ``completion_column`` the references serve as completions (seed = training rows with a reference);
 without a ``reference_column`` the completions serve as references. Pool rows with a reference are
 judged by the score filters against it (supervised rejection sampling: true labels, counted by
-:func:`selffeed.labels.labels_used`; ``filter.label_free`` refuses them). Pool rows without one cannot
+:func:`selffeed.filtering.labels.labels_used`; ``filter.label_free`` refuses them). Pool rows without one cannot
 be scored by a built-in scorer, so only the self-consistency vote can keep them.
 
 Every prompt is ``template.format(**row)``, wrapped in the tokenizer's chat template when the model
@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from selffeed.config import PromptsConfig
-from selffeed.scorers import extract_final, normalize
+from selffeed.filtering.scorers import extract_final, normalize
 
 
 class DataError(ValueError):

@@ -29,9 +29,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from selffeed.config import TextConfig
-from selffeed.model import EOS, PAD, UNK
 from selffeed.recipes import stories
 from selffeed.recipes.prompts import DataError, read_table
+from selffeed.training.model import EOS, PAD, UNK
 
 PIECES = r"\s*\w+|\s*[^\w\s]|\s+"
 MAX_WORDS = 10_000
