@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from selffeed.config import ModelConfig, SampleConfig, TrainConfig  # noqa: E402
 from selffeed.sampling.sampler import plan_batches, sample_completions  # noqa: E402
-from selffeed.training.finetune import collate, lr_at, tokenize_examples, train  # noqa: E402
+from selffeed.training.finetune import adamw, collate, lr_at, tokenize_examples, train  # noqa: E402
 from selffeed.training.model import char_tokenizer, param_count, save_checkpoint, tiny_gpt2  # noqa: E402
 
 CHARS = "".join(chr(c) for c in range(32, 223))  # 191 characters + pad/eos/unk = 194 tokens
@@ -104,7 +104,7 @@ def plain_loop(model, tok, examples: pd.DataFrame, cfg: TrainConfig, device: str
     """AdamW over the trainer's batches with bf16 autocast, tensors moved to the device."""
     columns = tokenize_examples(examples, tok).to_dict()
     gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = adamw(list(model.parameters()), cfg)
     model.train()
     tokens = 0
     for step in range(cfg.steps):

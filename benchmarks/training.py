@@ -5,7 +5,7 @@ examples of mixed lengths (prompt and completion each 2-40 characters), it measu
 tokens per second of:
 
   selffeed          selffeed.training.finetune.train (length-bucketed batches, TrainConfig defaults)
-  plain, same       a plain loop (forward with labels, backward, clip, AdamW step) over the very
+  plain, same       a plain loop (forward with labels, backward, clip, fused AdamW step) over the very
                     batches selffeed drew, as padded tensors built before the clock starts
   plain, padded     the same plain loop over shuffled, unbucketed batches padded to their longest
                     row: what one writes with a DataLoader and a padding collator
@@ -61,7 +61,9 @@ def plain_loop(model, batches, cfg) -> tuple[int, float]:
     """A hand-written loop over prebuilt (ids, labels, mask) batches; returns (tokens, seconds)."""
     import torch
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    from selffeed.training.finetune import adamw
+
+    opt = adamw(list(model.parameters()), cfg)  # selffeed's optimizer: the ratio measures the loop around it
     model.train()
     tokens = 0
     t0 = time.perf_counter()

@@ -85,7 +85,7 @@ def train(
     batches = finetune.batch_order(lengths, cfg, seed)
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = finetune.adamw(params, cfg)
     wrapped, opt = acc.prepare(model, opt)
     wrapped.train()
     losses: list[float] = []
