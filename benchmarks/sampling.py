@@ -107,14 +107,15 @@ def run_single(model, tok, prompts, k, new):
     return n, time.perf_counter() - t0
 
 
-def run_vllm(checkpoint: str, prompts: list[str], k: int, new: int, threads: int) -> tuple[int, float]:
-    """vLLM CPU as tuned in ../shared/notes/sampling-throughput.md: in-process engine, fp32, large batches."""
+def run_vllm(checkpoint: str, prompts: list[str], k: int, new: int, threads: int,
+             dtype: str = "float32") -> tuple[int, float]:
+    """vLLM CPU as tuned in ../shared/notes/sampling-throughput.md: in-process engine, large batches."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{threads - 1}")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=checkpoint, tokenizer=checkpoint, dtype="float32", max_num_seqs=1024, enforce_eager=True, seed=0)
+    llm = LLM(model=checkpoint, tokenizer=checkpoint, dtype=dtype, max_num_seqs=1024, enforce_eager=True, seed=0)
     params = SamplingParams(n=k, max_tokens=new, ignore_eos=True, temperature=1.0, top_k=-1)
     llm.generate(prompts[:8], params, use_tqdm=False)  # warm-up
     t0 = time.perf_counter()
@@ -165,7 +166,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.vllm_worker:
         spec = json.loads(args.vllm_worker)
-        tokens, seconds = run_vllm(spec["checkpoint"], spec["prompts"], spec["k"], spec["new"], spec["threads"])
+        tokens, seconds = run_vllm(spec["checkpoint"], spec["prompts"], spec["k"], spec["new"], spec["threads"],
+                                   spec.get("dtype", "float32"))
         print(json.dumps({"tokens": tokens, "seconds": seconds}))
         return
     if args.quick:
