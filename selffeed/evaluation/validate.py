@@ -41,8 +41,8 @@ def token_nll(
     order = sorted(range(len(ids_all)), key=lambda i: -len(ids_all[i]))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(ids_all)
     model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    for idx in logit_batches(order, [len(ids) for ids in ids_all], vocab, batch_size):
         ids, labels, mask = (t.to(model.device) for t in collate(ids_all, labels_all, idx, tokenizer.pad_token_id))
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
@@ -53,6 +53,27 @@ def token_nll(
         for j, i in enumerate(idx):
             out[i] = (float(nll[j]), int(counts[j]))
     return out
+
+
+# Logits (rows x positions x vocabulary) one forward of token_nll may hold: 256 MB in fp32. A real model's
+# vocabulary makes each row large (SmolLM2: 49,152 x ~130 positions, 25 MB a row), so a fixed row count
+# that suits a tiny model took 20 GB for 256 rows.
+LOGITS_BUDGET = 2**26
+
+
+def logit_batches(order: Sequence[int], lengths: Sequence[int], vocab: int, batch_size: int) -> list[list[int]]:
+    """``order`` cut into runs of at most ``batch_size`` rows whose padded logits stay within
+    :data:`LOGITS_BUDGET` elements (one row at least, however long)."""
+    batches: list[list[int]] = []
+    longest = 0
+    for i in order:
+        longest = max(longest, lengths[i])
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * longest * vocab <= LOGITS_BUDGET:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+            longest = lengths[i]
+    return batches
 
 
 def completion_loss(
