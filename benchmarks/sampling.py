@@ -137,8 +137,12 @@ def vllm_figures(args, name: str, prompts: list[str], new: int) -> tuple[int, fl
     model, tok = build(name)
     ckpt = Path(tempfile.mkdtemp(prefix="selffeed-bench-vllm-")) / "model"
     save_checkpoint(model, tok, ckpt)
-    spec = json.dumps(dict(checkpoint=str(ckpt), prompts=prompts, k=args.k, new=new, threads=args.threads))
-    proc = subprocess.run([python, __file__, "--vllm-worker", spec], capture_output=True, text=True)
+    return vllm_worker(python, dict(checkpoint=str(ckpt), prompts=prompts, k=args.k, new=new, threads=args.threads))
+
+
+def vllm_worker(python: str, spec: dict) -> tuple[int, float] | str:
+    """(tokens, seconds) of this script's --vllm-worker run by ``python`` on ``spec``; a reason when it failed."""
+    proc = subprocess.run([python, __file__, "--vllm-worker", json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
         return "failed: " + (proc.stderr.strip().splitlines() or ["no output"])[-1][:100]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

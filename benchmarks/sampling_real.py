@@ -23,9 +23,7 @@ selffeed ran at 0.48x, batched ``generate`` at 0.74x their speed (fp32, short ca
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sampling import run_batched, run_selffeed  # noqa: E402
+from sampling import run_batched, run_selffeed, vllm_worker  # noqa: E402
 
 CASES = {"short": 32, "long": 128}
 
@@ -60,14 +58,9 @@ def prompts(path: str, n: int) -> list[str]:
 
 
 def vllm(args, batch: list[str], new: int, precision: str) -> tuple[int, float] | str:
-    spec = dict(checkpoint=args.model, prompts=batch, k=args.k, new=new, threads=args.threads,
-                dtype="bfloat16" if precision == "bf16" else "float32")
-    proc = subprocess.run([args.vllm_python, str(ROOT / "benchmarks" / "sampling.py"), "--vllm-worker",
-                           json.dumps(spec)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return "failed: " + (proc.stderr.strip().splitlines() or ["no output"])[-1][:100]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out["tokens"], out["seconds"]
+    return vllm_worker(args.vllm_python, dict(checkpoint=args.model, prompts=batch, k=args.k, new=new,
+                                              threads=args.threads,
+                                              dtype="bfloat16" if precision == "bf16" else "float32"))
 
 
 def main() -> None:
