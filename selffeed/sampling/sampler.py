@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from selffeed.config import SampleConfig
+from selffeed.sampling.attention import decode_attention
 
 
 @dataclass(frozen=True)
@@ -70,23 +71,6 @@ def _draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     cdf = probs.cumsum(-1)
     u = torch.rand((probs.shape[0], 1), generator=gen, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
-
-
-@contextlib.contextmanager
-def _decode_attention(model: PreTrainedModel) -> Iterator[None]:
-    """Run one-token decode steps on CPU with transformers' eager attention (matmul, softmax, matmul).
-    For a single query torch's SDPA kernels cost more than the attention itself: the flash kernel
-    tiles for long queries, and the math kernel scales every cached key each step; eager beats both on
-    CPU decode (benchmarks/sampling.py). The prompt's forward keeps SDPA, and so do GPUs and models set to another implementation."""
-    config = model.config
-    if model.device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
-        yield
-        return
-    config._attn_implementation = "eager"
-    try:
-        yield
-    finally:
-        config._attn_implementation = "sdpa"
 
 
 def _cache_argument(model: PreTrainedModel) -> str | None:
@@ -209,7 +193,7 @@ def _decode_batch(
         pos = pos + 1
         if padded:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        with _decode_attention(model):
+        with decode_attention(model):
             out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask if padded else None, position_ids=pos,
                         use_cache=True, logits_to_keep=1, **{cache_arg: cache})
         logits = out.logits[:, -1]
