@@ -63,7 +63,7 @@ def test_greedy_on_a_grouped_query_model_equals_generate(tiny_llama, tokenizer):
     prompts = ["12+34=", "1+2=", "99+1=", "5+5="]  # different lengths: left padding in one batch
     out = sample_completions(tiny_llama, tokenizer, prompts, SampleConfig(greedy=True, batch_prompts=4), 0, 12)
     for c, prompt in zip(out, prompts):
-        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
         with torch.no_grad():
             row = tiny_llama.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id,
                                       eos_token_id=tokenizer.eos_token_id)[0, enc["input_ids"].shape[1] :]
