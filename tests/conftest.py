@@ -97,6 +97,24 @@ def api(url: str, path: str, body: dict | None = None, tries: int = 6):
         time.sleep(1 + attempt)
 
 
+def descendants(pid: int) -> list[int]:
+    """Descendants of ``pid``, read from /proc (children started in sessions of their own included)."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
 def stop_group(proc: subprocess.Popen, sig: int) -> None:
     """Send ``sig`` to a process started with ``start_new_session`` and its children; SIGKILL after 20 s."""
     os.killpg(proc.pid, sig)

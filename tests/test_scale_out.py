@@ -11,6 +11,7 @@ the shards already on disk, and the bytes are the same.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 from selffeed.config import load_config
 from selffeed.loop import stages
 from selffeed.run.layout import RunLayout
-from tests.conftest import api, stop_group, tiny_overrides
+from tests.conftest import api, descendants, stop_group, tiny_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -92,6 +93,19 @@ class Pool:
     def stop(self, name: str, sig: int) -> None:
         stop_group(self.procs.pop(name), sig)
 
+    def lose(self, name: str) -> None:
+        """The worker's box is lost: SIGKILL to it and every process under it, its flow runs included.
+
+        Not SIGTERM: a worker given SIGTERM may let its flow run finish (CI saw a run it held complete),
+        and its runs start in sessions of their own, out of reach of a signal to its process group."""
+        proc = self.procs.pop(name)
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
@@ -149,7 +163,7 @@ def test_sample_stage_split_across_two_workers_survives_losing_one(gpu_pool, tmp
     assert max(when(r["start_time"]) for r in runs) < min(when(r["end_time"]) for r in runs), "parts did not overlap"
     assert json.loads(out)["meta"]["shards"] == n_shards
 
-    # Again, killing gpu-b (and the flow run it started) once its part has written some shards.
+    # Again, losing gpu-b (SIGKILL to it and the flow run it started) once its part has written some shards.
     first = {r["id"] for r in runs}
     proc = driver()
     deadline = time.monotonic() + 300
@@ -164,7 +178,7 @@ def test_sample_stage_split_across_two_workers_survives_losing_one(gpu_pool, tmp
                 break
         assert proc.poll() is None and time.monotonic() < deadline, "no half-written part to kill"
         time.sleep(0.2)
-    gpu_pool.stop("gpu-b", signal.SIGTERM)
+    gpu_pool.lose("gpu-b")
     killed = live[0]["id"]
     gpu_pool.start("gpu-c")
     out, err = proc.communicate(timeout=300)

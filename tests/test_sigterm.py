@@ -13,29 +13,11 @@ from pathlib import Path
 import pytest
 
 from selffeed.run.lock import read_holder
-from tests.conftest import tiny_overrides
+from tests.conftest import descendants, tiny_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 ROOT = Path(__file__).parents[1]
-
-
-def _children(pid: int) -> list[int]:
-    """Descendants of ``pid`` from /proc."""
-    parent = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        todo += kids
-    return out
 
 
 def _cmdline(pid: int) -> bytes:
@@ -68,7 +50,7 @@ def test_sigterm_stops_the_temporary_server_and_releases_the_lock(tmp_path):
         deadline = time.time() + 180
         while time.time() < deadline and not (servers and (runs / "term" / ".lock").exists()):
             time.sleep(0.5)
-            servers = [c for c in _children(proc.pid) if b"uvicorn" in _cmdline(c)]
+            servers = [c for c in descendants(proc.pid) if b"uvicorn" in _cmdline(c)]
         assert servers and (runs / "term" / ".lock").exists(), "the run never got going"
         time.sleep(2)  # into training
         proc.send_signal(signal.SIGTERM)
