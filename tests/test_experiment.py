@@ -16,7 +16,7 @@ from selffeed.filtering.filters import apply_filters
 from selffeed.filtering.labels import oracle_kept, with_views
 from selffeed.recipes import recipe_for
 from selffeed.recipes.arithmetic import encode, true_completion
-from selffeed.run.layout import ExperimentLayout
+from selffeed.run.layout import ExperimentLayout, RunLayout, write_json
 from tests.conftest import tiny_run_config
 
 CONFIG = "data/configs/arithmetic.yaml"
@@ -89,6 +89,29 @@ def test_summarizing_an_experiment_that_never_ran_names_the_missing_run(tmp_path
     cfg = load_config(CONFIG, [f"runs_dir={tmp_path}"])
     with pytest.raises(FileNotFoundError, match=r"arith-demo-self-s0: no committed rounds"):
         ex.summarize_runs(cfg, ["self"], seeds=1)
+
+
+def _commit(lay, history: list[dict]) -> None:
+    """``history`` written as a run's committed rounds (metrics.json, then manifest.json)."""
+    for m in history:
+        write_json(lay.metrics(m["round"]), m)
+        write_json(lay.round_manifest(m["round"]), {"round": m["round"], "stages": {}})
+
+
+def test_summarizing_arms_run_on_fewer_seeds_uses_the_seeds_each_has(tmp_path):
+    # self and seed_only on seeds 0 and 1; the oracle only on seed 0 (as a 2-core experiment runs it).
+    cfg = load_config(CONFIG, [f"runs_dir={tmp_path}", "loop.max_rounds=1"])
+    h = _histories()
+    for arm, s_ in [("self", 0), ("self", 1), ("seed_only", 0), ("seed_only", 1), ("oracle", 0)]:
+        _commit(RunLayout.of(tmp_path, ex.arm_config(cfg, arm, s_).name), h[arm][s_])
+    s = ex.summarize_runs(cfg, ["self", "seed_only", "oracle"], seeds=2)
+    assert s["seeds"] == [0, 1]
+    assert s["per_arm"]["oracle"]["rounds"][1]["accuracy"]["3"]["n"] == 1
+    assert s["per_arm"]["self"]["rounds"][1]["accuracy"]["3"]["n"] == 2
+    assert s["gap_closure"]["final"]["per_seed"] == {0: pytest.approx(0.5)}  # only seed 0 has all three arms
+    assert s["self_minus"]["seed_only"]["wins"] == 2
+    with pytest.raises(FileNotFoundError, match=r"arith-demo-unfiltered-s0: no committed rounds"):
+        ex.summarize_runs(cfg, ["self", "unfiltered"], seeds=2)
 
 
 def test_bad_arms_and_an_oracle_without_truth_are_one_line_errors(tmp_path):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from selffeed.config import ConfigError, FilterConfig, LoopConfig, RunConfig
@@ -206,15 +207,24 @@ def summarize(
 
 
 def summarize_runs(cfg: RunConfig, arms: Sequence[str], seeds: int) -> dict[str, Any]:
-    """:func:`summarize` over the arms' run directories of the experiment ``cfg`` describes."""
+    """:func:`summarize` over the arms' run directories of the experiment ``cfg`` describes.
+
+    An arm may have run on fewer seeds than others (a costly oracle arm on one seed of two): its figures
+    are over the seeds it has (``n`` in each statistic), and per-seed comparisons use the seeds both sides
+    have. An arm with no run at all is an error naming its first run."""
     histories: dict[str, dict[int, list[dict[str, Any]]]] = {arm: {} for arm in arms}
+    missing: dict[str, Path] = {}
     for arm, s, arm_cfg in arm_configs(cfg, arms, seeds):
         # Rounds past max_rounds are left over from an earlier, longer experiment of the same name.
         lay = RunLayout.of(arm_cfg.runs_dir, arm_cfg.name)
         h = [m for m in read_history(lay) if m["round"] <= cfg.loop.max_rounds]
-        if not h:
-            raise FileNotFoundError(f"{lay.root}: no committed rounds (run the experiment first)")
-        histories[arm][s] = h
+        if h:
+            histories[arm][s] = h
+        else:
+            missing.setdefault(arm, lay.root)
+    for arm, per_seed in histories.items():
+        if not per_seed:
+            raise FileNotFoundError(f"{missing[arm]}: no committed rounds (run the experiment first)")
     return summarize(histories, cfg.name, cfg.loop)
 
 
