@@ -275,3 +275,24 @@ def test_experiment_flow_runs_arms_and_writes_the_report(tmp_path, prefect_harne
         )
     by_type = {a.type: a.data for a in found}
     assert by_type["image"].startswith("data:image/png;base64,") and "## Arm oracle" in by_type["markdown"]
+
+
+def test_arms_of_a_seed_share_round_0_validation_where_its_inputs_are_the_same(tmp_path):
+    from selffeed.loop.rounds import run_experiment
+    from selffeed.loop.stages import same_validation
+
+    cfg = tiny_run_config(tmp_path, **{"loop.max_rounds": 1, "name": "share"})
+    run_experiment(cfg, ["self", "seed_only"], seeds=1)
+    lays = [RunLayout.of(cfg.runs_dir, ex.arm_config(cfg, arm, 0).name) for arm in ("self", "seed_only")]
+    first, second = (json.loads(lay.metrics(0).read_text()) for lay in lays)
+    assert second["model_id"] == "share-seed_only-s0/round-000" and first["model_id"] == "share-self-s0/round-000"
+    assert {**first, "model_id": None} == {**second, "model_id": None}
+    validated = json.loads(lays[1].round_manifest(0).read_text())["stages"]["validate"]["meta"]
+    assert validated["measured_by"] == "share-self-s0/round-000"
+    assert "measured_by" not in json.loads(lays[0].round_manifest(0).read_text())["stages"]["validate"]["meta"]
+    assert json.loads(lays[1].metrics(1).read_text())["round"] == 1  # the arm went on to its own round 1
+    # Greedy validation reads no sampling settings; a recipe whose validation samples does, and a seed always.
+    assert same_validation(ex.arm_config(cfg, "self", 0), ex.arm_config(cfg, "oracle", 0))
+    assert not same_validation(ex.arm_config(cfg, "self", 0), ex.arm_config(cfg, "self", 1))
+    text = load_config("data/configs/text.yaml", [f"runs_dir={tmp_path}"])
+    assert not same_validation(ex.arm_config(text, "self", 0), ex.arm_config(text, "unfiltered", 0))

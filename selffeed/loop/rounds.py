@@ -53,14 +53,17 @@ def plain() -> Stages:
     )
 
 
-def loop(cfg: RunConfig, s: Stages, first: tuple[Manifest, Manifest] | None = None) -> dict[str, Any]:
+def loop(cfg: RunConfig, s: Stages, first: tuple[Manifest, Manifest] | None = None,
+         measured: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rounds until ``s.decide`` says stop; returns its last record (best round, stop reason).
 
     ``first`` (the prepared data and a round-0 model) starts from a fine-tune done elsewhere, e.g. by
-    another arm of an experiment with the same seed; it is validated as this run's round 0."""
+    another arm of an experiment with the same seed; it is validated as this run's round 0, or, given
+    ``measured`` (that other run's round-0 metrics), takes those figures instead of measuring them again."""
     data = first[0] if first else s.prepare(cfg)
     model = first[1] if first else s.finetune(cfg, data=data)
-    history = [s.validate(cfg, r=0, model=model, data=data).meta["metrics"]]
+    extra = {"measured": measured} if measured else {}  # only plain stages take it (run_experiment)
+    history = [s.validate(cfg, r=0, model=model, data=data, **extra).meta["metrics"]]
     decision = s.decide(cfg, r=0, history=history)
     kept: list[Manifest] = []
     models = [model]
@@ -103,24 +106,29 @@ def adopt_round0(cfg: RunConfig, model: Manifest) -> Manifest:
 
 
 def run_experiment(cfg: RunConfig, arms: list[str], seeds: int) -> None:
-    """Every arm for every seed, plainly (no Prefect), arms of a seed sharing its round-0 fine-tune."""
+    """Every arm for every seed, plainly (no Prefect), arms of a seed sharing its round-0 fine-tune and,
+    where :func:`~selffeed.loop.stages.same_validation` holds, its round-0 validation figures."""
     from selffeed.experiments.arms import arm_config, seeds_of
     from selffeed.loop import stages
+    from selffeed.run.layout import read_json
 
     for seed in seeds_of(cfg, seeds):
         shared: Manifest | None = None
+        shared_cfg: RunConfig | None = None
         for arm in arms:
             arm_cfg = arm_config(cfg, arm, seed)
             t0 = time.perf_counter()
             with open_run(arm_cfg, owner=f"plain experiment {arm_cfg.name}"):
-                first = None
-                if shared is not None:
+                first, measured = None, None
+                if shared is not None and shared_cfg is not None:
                     first = (stages.prepare(arm_cfg), adopt_round0(arm_cfg, shared))
+                    if stages.same_validation(arm_cfg, shared_cfg):
+                        measured = read_json(stages.layout_of(shared_cfg).metrics(0))
                 else:
                     data = stages.prepare(arm_cfg)
-                    shared = stages.finetune(arm_cfg, data)
+                    shared, shared_cfg = stages.finetune(arm_cfg, data), arm_cfg
                     first = (data, shared)
-                record = loop(arm_cfg, plain(), first)
+                record = loop(arm_cfg, plain(), first, measured)
             print(f"{arm_cfg.name}: best round {record['best_round']} ({record['stop_reason']}), "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
 

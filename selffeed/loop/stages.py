@@ -290,19 +290,33 @@ def retrain(
     return _train_and_save(cfg, r, model, tokenizer, mix, cfg.retrain, n_kept, progress, t0)
 
 
+def same_validation(a: RunConfig, b: RunConfig) -> bool:
+    """Whether validating one model under ``a`` and under ``b`` gives the same figures: validation reads
+    neither the filter, loop nor audit settings, and the sampling settings only for recipes it samples."""
+    ignored = {"name", "filter", "loop", "audit"}
+    if a.recipe not in ("text", "constrained_stories"):
+        ignored.add("sample")
+    return a.model_dump(exclude=ignored) == b.model_dump(exclude=ignored)
+
+
 def validate(
-    cfg: RunConfig, r: int, model: Manifest, data: Manifest, upstream: list[Manifest] | None = None
+    cfg: RunConfig, r: int, model: Manifest, data: Manifest, upstream: list[Manifest] | None = None,
+    measured: dict[str, Any] | None = None,
 ) -> Manifest:
     """Held-out metrics of round ``r``'s model on the validation split (top level: what the loop decides
     on) and the test split (``metrics["test"]``: reported only), with the round's figures, written to
-    ``metrics.json``."""
+    ``metrics.json``.
+
+    ``measured``: another run's metrics of this same model on the same splits (the arms of an experiment
+    share round 0, and :func:`same_validation` holds), whose held-out figures are taken instead of
+    measured again."""
     _threads(cfg)
     t0 = time.perf_counter()
     lay = layout_of(cfg)
     recipe = recipe_for(cfg)
-    lm, tokenizer = load_checkpoint(model.path("model"), compute_dtype(cfg))
+    lm, tokenizer = (None, None) if measured else load_checkpoint(model.path("model"), compute_dtype(cfg))
 
-    reference = _reference(cfg) if cfg.recipe == "constrained_stories" else None
+    reference = _reference(cfg) if cfg.recipe == "constrained_stories" and not measured else None
 
     def held_out(split: str) -> dict[str, Any]:
         df = schema.read(data.path(split), schema.LABELLED)
@@ -319,7 +333,11 @@ def validate(
 
     # The validation split's figures sit at the top level: the loop decides on them (best round,
     # patience, curriculum, collapse guard). The test split's are only reported, under "test".
-    metrics: dict[str, Any] = {"round": r, "model_id": lay.model_id(r), **held_out("val"), "test": held_out("test")}
+    if measured:  # every figure below that is the run's own (round, labels, train_*) is written again
+        figures = {k: v for k, v in measured.items() if k not in ("round", "model_id")}
+    else:
+        figures = {**held_out("val"), "test": held_out("test")}
+    metrics: dict[str, Any] = {"round": r, "model_id": lay.model_id(r), **figures}
     if cfg.recipe == "text":
         train_size, generated = model.meta.get("train_size"), model.meta.get("generated_rows") or 0
         metrics["real_fraction"] = 1 - generated / train_size if train_size else None
@@ -346,7 +364,8 @@ def validate(
     # byte; stage times live in the round's manifest.json.
     write_json(lay.metrics(r), metrics)
     done = make_manifest(
-        "validate", {"metrics": lay.metrics(r)}, round_=r, metrics=metrics, seconds=time.perf_counter() - t0
+        "validate", {"metrics": lay.metrics(r)}, round_=r, metrics=metrics, seconds=time.perf_counter() - t0,
+        **({"measured_by": measured["model_id"]} if measured else {}),
     )
     # Written last: a round with a manifest.json is committed, and its files are the ones listed.
     stages_done = [data, *(upstream or []), model, done]
