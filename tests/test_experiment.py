@@ -110,6 +110,7 @@ def test_summarizing_arms_run_on_fewer_seeds_uses_the_seeds_each_has(tmp_path):
     assert s["per_arm"]["self"]["rounds"][1]["accuracy"]["3"]["n"] == 2
     assert s["gap_closure"]["final"]["per_seed"] == {0: pytest.approx(0.5)}  # only seed 0 has all three arms
     assert s["self_minus"]["seed_only"]["wins"] == 2
+    assert "self - oracle on 3 at the final round: -0.200 (sd 0.000), self ahead in 0/1 seeds" in ex.findings(s)
     with pytest.raises(FileNotFoundError, match=r"arith-demo-unfiltered-s0: no committed rounds"):
         ex.summarize_runs(cfg, ["self", "unfiltered"], seeds=2)
 

@@ -265,7 +265,7 @@ def final_table(summary: dict[str, Any], markdown: bool = False) -> str:
 
 def findings(summary: dict[str, Any]) -> list[str]:
     """The headline figures in words: gap closure, precision, and self vs each control."""
-    h, n = summary["hardest"], len(summary["seeds"])
+    h = summary["hardest"]
     out = []
     for when, what in (("final", "the final round"), ("best", "each arm's best round (picked on validation)")):
         c = summary["gap_closure"].get(when)
@@ -278,7 +278,7 @@ def findings(summary: dict[str, Any]) -> list[str]:
             out.append(f"{arm}: worst-round kept precision {wp:.3f}")
     for other, d in summary["self_minus"].items():
         out.append(f"self - {other} on {h} at the final round: {d['mean']:+.3f} (sd {d['sd']:.3f}), "
-                   f"self ahead in {d['wins']}/{n} seeds")
+                   f"self ahead in {d['wins']}/{d['n']} seeds")  # the seeds both arms ran
     return out
 
 
