@@ -113,21 +113,21 @@ def run_experiment(cfg: RunConfig, arms: list[str], seeds: int) -> None:
     from selffeed.run.layout import read_json
 
     for seed in seeds_of(cfg, seeds):
-        shared: Manifest | None = None
-        shared_cfg: RunConfig | None = None
+        shared: tuple[RunConfig, Manifest] | None = None  # the seed's first arm and its round-0 model
         for arm in arms:
             arm_cfg = arm_config(cfg, arm, seed)
             t0 = time.perf_counter()
             with open_run(arm_cfg, owner=f"plain experiment {arm_cfg.name}"):
-                first, measured = None, None
-                if shared is not None and shared_cfg is not None:
-                    first = (stages.prepare(arm_cfg), adopt_round0(arm_cfg, shared))
-                    if stages.same_validation(arm_cfg, shared_cfg):
-                        measured = read_json(stages.layout_of(shared_cfg).metrics(0))
+                measured = None
+                if shared is not None:
+                    first_cfg, model = shared
+                    first = (stages.prepare(arm_cfg), adopt_round0(arm_cfg, model))
+                    if stages.same_validation(arm_cfg, first_cfg):
+                        measured = read_json(stages.layout_of(first_cfg).metrics(0))
                 else:
                     data = stages.prepare(arm_cfg)
-                    shared, shared_cfg = stages.finetune(arm_cfg, data), arm_cfg
-                    first = (data, shared)
+                    shared = (arm_cfg, stages.finetune(arm_cfg, data))
+                    first = (data, shared[1])
                 record = loop(arm_cfg, plain(), first, measured)
             print(f"{arm_cfg.name}: best round {record['best_round']} ({record['stop_reason']}), "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
