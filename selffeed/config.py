@@ -174,6 +174,11 @@ class WordProblemsConfig(_Section):
     chat_template: bool = Field(
         True, description="Wrap each problem in the tokenizer's chat template when it has one."
     )
+    stepwise: bool = Field(
+        False, description="Least-to-most sampling: each of a pool problem's k samples asks its steps one at a time, "
+        "each as a one-step problem starting from the sample's own previous answer, and composes the answers into "
+        "one worked solution (selffeed.sampling.stepwise). Label-free; validation still asks whole problems.",
+    )
 
 
 class ConstrainedStoriesConfig(_Section):

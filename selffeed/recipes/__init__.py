@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from selffeed.config import RunConfig
 from selffeed.recipes import arithmetic, constrained_stories, prompts, stories, text, word_problems
+from selffeed.sampling.stepwise import Steps
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Recipe:
     one_answer_per_prompt: bool = True
     """A prompt has one right completion (the training mix keeps the latest label of each prompt and never
     relabels a seed prompt); False for free text, where every kept row is a document of its own."""
+    steps: Steps | None = None
+    """How to cut a problem into one-step parts when the pool is sampled step by step; None: sampled whole."""
 
 
 def recipe_for(cfg: RunConfig) -> Recipe:
@@ -68,6 +71,11 @@ def recipe_for(cfg: RunConfig) -> Recipe:
             parse_answer=word_problems.parse_answer,
             true_completion=word_problems.solve,
             max_new_tokens=w.max_new_tokens,
+            steps=Steps(
+                count=lambda prompt: len(word_problems.substeps(prompt)),
+                prompt=word_problems.substep_prompt,
+                compose=word_problems.compose,
+            ) if w.stepwise else None,
         )
     if cfg.recipe == "constrained_stories":
         c = cfg.constrained_stories

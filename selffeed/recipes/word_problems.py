@@ -95,6 +95,49 @@ def parse_answer(completion: str) -> str | None:
     return str(int(found[-1])) if found else None
 
 
+_PROBLEM = re.compile(r"([A-Z][a-z]+) has (\d+) ([a-z ]+?)\.((?: [^.?]+\.)*) (How many \3 does \1 have now\?)")
+_SOLVED = re.compile(r"\s*The answer is.*$", re.IGNORECASE | re.DOTALL)
+
+
+def substeps(prompt: str) -> list[str]:
+    """The step sentences of the problem in ``prompt`` (chat template and all), in order; [] when it is not
+    one of this recipe's problems. Reads only the text's shape, never what a verb does.
+
+    >>> substeps("Mia has 12 shells. Mia finds 7 more shells. Mia gives 5 shells to Leo. How many shells does Mia have now?")
+    ['Mia finds 7 more shells.', 'Mia gives 5 shells to Leo.']
+    """
+    m = _PROBLEM.search(prompt)
+    return [] if m is None else [s.strip() + "." for s in m.group(4).split(".") if s.strip()]
+
+
+def substep_prompt(prompt: str, j: int, start: str | None = None) -> str:
+    """``prompt`` with its problem cut down to step ``j`` alone, starting from ``start`` (the answer the
+    model gave for the steps before it; None: the number the problem states): a one-step problem in the
+    same template, for least-to-most sampling (:mod:`selffeed.sampling.stepwise`). No truth is read.
+
+    >>> substep_prompt("<user>Mia has 12 shells. Mia finds 7 more shells. Mia gives 5 shells to Leo. "
+    ...                "How many shells does Mia have now?</user>", 1, "19")
+    '<user>Mia has 19 shells. Mia gives 5 shells to Leo. How many shells does Mia have now?</user>'
+    """
+    m = _PROBLEM.search(prompt)
+    if m is None:
+        raise ValueError(f"not a word problem of this recipe: {prompt[:80]!r}")
+    name, stated, item, _, question = m.groups()
+    text = f"{name} has {stated if start is None else start} {item}. {substeps(prompt)[j]} {question}"
+    return prompt[: m.start()] + text + prompt[m.end() :]
+
+
+def compose(parts: list[str], answer: str | None) -> str:
+    """One worked solution from the completions of a problem's one-step parts: each part's working, then
+    the last part's answer, in the seed's format.
+
+    >>> compose(["12 + 7 = 19. The answer is 19.", "19 - 5 = 14. The answer is 14."], "14")
+    '12 + 7 = 19. 19 - 5 = 14. The answer is 14.'
+    """
+    work = " ".join(w for w in (_SOLVED.sub("", p).strip() for p in parts) if w)
+    return work if answer is None else f"{work} The answer is {answer}.".strip()
+
+
 def prompt_of(text: str, chat) -> str:
     """The model's prompt for problem ``text``: the chat template's user turn, or ``Q: ... A:`` without one."""
     if chat is None:

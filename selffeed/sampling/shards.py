@@ -28,6 +28,7 @@ from selffeed.run.keys import stage_key
 from selffeed.run.layout import RunLayout
 from selffeed.run.manifest import Manifest, make_manifest
 from selffeed.sampling.sampler import generate_batches, plan_batches, samples_frame
+from selffeed.sampling.stepwise import generate_stepwise
 from selffeed.sampling.vllm_engine import generate_batches as vllm_generate_batches
 from selffeed.sampling.vllm_engine import load_vllm
 from selffeed.training.model import load_checkpoint, load_tokenizer
@@ -102,8 +103,12 @@ def write_shards(p: Plan, part: int = 0, parts: int = 1, progress: Progress | No
         per, prompts = cfg.sample.shard_batches, list(p.pool["prompt"])
         for n, i in enumerate(todo):
             first = i * per
-            done = generate(lm, tokenizer, prompts, p.batches[first : first + per], cfg.sample, p.seed,
-                            recipe.max_new_tokens, first)
+            if recipe.steps is not None:
+                done = generate_stepwise(generate, lm, tokenizer, prompts, p.batches[first : first + per], cfg.sample,
+                                         p.seed, recipe.max_new_tokens, first, recipe.steps, recipe.parse_answer)
+            else:
+                done = generate(lm, tokenizer, prompts, p.batches[first : first + per], cfg.sample, p.seed,
+                                recipe.max_new_tokens, first)
             frame = samples_frame(
                 p.pool, done, recipe.parse_answer, round_=p.r, model_id=lay.model_id(p.model.round or 0),
                 cfg=cfg.sample, seed=p.seed,
