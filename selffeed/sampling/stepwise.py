@@ -9,8 +9,10 @@ composed solutions as they judge direct ones (vote, arithmetic and number checks
 retrained to solve the whole problem at once. No answer is read anywhere: a step starts from the model's
 own answer, and the recipe only cuts its problem text into steps (:class:`Steps`).
 
-Chains are seeded by the plan's seed, the first batch of the shard and the step, so a shard's rows do
-not depend on which process writes it, as for direct sampling (:mod:`selffeed.sampling.shards`).
+A batch's chains are seeded by the plan's seed, the batch's index and the step, so a shard's rows do
+not depend on which process writes it or how the plan is cut into shards, as for direct sampling
+(:mod:`selffeed.sampling.shards`). Stepwise costs more than sampling whole: every step re-reads its
+prompt, and later steps run fewer chains at once.
 """
 
 from __future__ import annotations
