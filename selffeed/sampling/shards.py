@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -99,16 +100,14 @@ def write_shards(p: Plan, part: int = 0, parts: int = 1, progress: Progress | No
         else:
             lm, tokenizer = load_checkpoint(p.model.path("model"), compute_dtype(cfg))
             generate = generate_batches
+        if recipe.steps is not None:  # the same engine, asked one step at a time
+            generate = partial(generate_stepwise, generate, steps=recipe.steps, parse_answer=recipe.parse_answer)
         k = 1 if cfg.sample.greedy else cfg.sample.k
         per, prompts = cfg.sample.shard_batches, list(p.pool["prompt"])
         for n, i in enumerate(todo):
             first = i * per
-            if recipe.steps is not None:
-                done = generate_stepwise(generate, lm, tokenizer, prompts, p.batches[first : first + per], cfg.sample,
-                                         p.seed, recipe.max_new_tokens, first, recipe.steps, recipe.parse_answer)
-            else:
-                done = generate(lm, tokenizer, prompts, p.batches[first : first + per], cfg.sample, p.seed,
-                                recipe.max_new_tokens, first)
+            done = generate(lm, tokenizer, prompts, p.batches[first : first + per], cfg.sample, p.seed,
+                            recipe.max_new_tokens, first)
             frame = samples_frame(
                 p.pool, done, recipe.parse_answer, round_=p.r, model_id=lay.model_id(p.model.round or 0),
                 cfg=cfg.sample, seed=p.seed,

@@ -62,7 +62,8 @@ def generate_stepwise(
     out: list[Completion] = []
     for b, batch in enumerate(batches, start=first_batch):
         chains = [(i, s) for i in batch for s in range(k)]
-        n_steps = [max(steps.count(prompts[i]), 1) for i, _ in chains]
+        count = {i: max(steps.count(prompts[i]), 1) for i in batch}
+        n_steps = [count[i] for i, _ in chains]
         texts: list[list[str]] = [[] for _ in chains]
         answers: list[str | None] = [None] * len(chains)
         tokens, logprobs = [0] * len(chains), [0.0] * len(chains)
