@@ -150,15 +150,15 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def _run_flow(cfg: RunConfig) -> list[dict]:
+def _run_flow(cfg: RunConfig, round0_from: str | None = None) -> list[dict]:
     """The run's rounds: replayed from its cache when every stage is done (no server, no torch), else
-    through the self-improve flow."""
+    through the self-improve flow (``round0_from``: the flow's parameter)."""
     from flows.replay import replay
     from selffeed.run.bookkeeping import read_history
     from selffeed.run.layout import RunLayout
 
     t0 = time.perf_counter()
-    record = replay(cfg)
+    record = replay(cfg, round0_from)
     how = "every stage cached, nothing ran"
     if record is None:
         from selffeed.run.checks import preflight
@@ -169,7 +169,7 @@ def _run_flow(cfg: RunConfig) -> list[dict]:
         quiet_libraries()
         from flows.self_improve import self_improve
 
-        record = self_improve(cfg)
+        record = self_improve(cfg, round0_from=round0_from)
         how = ""
     history = read_history(RunLayout.of(cfg.runs_dir, cfg.name))
     # Rounds left over from an earlier, longer run of the same name are not part of this one.
@@ -205,7 +205,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from selffeed.run.report import comparison
 
         control = control_config(cfg, args.control, rounds=history[-1]["round"])
-        control_history = _run_flow(control)
+        # The seed-only control's round 0 is this run's, copied; the unguarded one changes recipe settings
+        # that round 0's key covers.
+        control_history = _run_flow(control, round0_from=cfg.name if args.control == "seed-only" else None)
         print()
         print(comparison(history, control_history, label=args.control), flush=True)
     return 0

@@ -2,8 +2,10 @@
 
 Each arm's run (``self``, ``seed_only``, ``unfiltered``, ``oracle``; see :mod:`selffeed.experiments.arms`)
 is a ``self-improve`` subflow named ``<name>-<arm>-s<seed>``, run one after another (they share the
-CPUs/GPU). The report (tables, gap closure, precision, accuracy-vs-round PNG) is written under
-``<runs_dir>/<name>-experiment/`` and attached to this flow run as a markdown and an image artifact.
+CPUs/GPU). The arms of a seed fine-tune round 0 once: the seed's first arm trains it, the others copy it
+(and its round-0 figures, where their validation would measure the same ones). The report (tables, gap
+closure, precision, accuracy-vs-round PNG) is written under ``<runs_dir>/<name>-experiment/`` and attached
+to this flow run as a markdown and an image artifact.
 Stages are cached like any run's, so running it again only redoes what is missing and the report::
 
     from flows.experiment import experiment
@@ -68,6 +70,8 @@ def experiment(
         command: What started it, quoted in the report.
     """
     arms = list(arms)
-    for _arm, _seed, cfg in ex.arm_configs(config, arms, seeds):
-        self_improve(cfg)
+    first: dict[int, str] = {}  # seed -> its first arm's run, whose round-0 fine-tune the others copy
+    for _arm, seed, cfg in ex.arm_configs(config, arms, seeds):
+        self_improve(cfg, round0_from=first.get(seed))
+        first.setdefault(seed, cfg.name)
     return report(config, arms, seeds, command)

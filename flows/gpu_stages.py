@@ -63,9 +63,10 @@ def retrain_stage(config: RunConfig, r: int, previous: Manifest, data: Manifest,
 
 @flow(name="gpu-validate", flow_run_name="{config.name}-validate-r{r}")
 def validate_stage(
-    config: RunConfig, r: int, model: Manifest, data: Manifest, upstream: list[Manifest] | None = None
+    config: RunConfig, r: int, model: Manifest, data: Manifest, upstream: list[Manifest] | None = None,
+    measured: dict[str, Any] | None = None,
 ) -> Manifest:
-    return for_run(config).validate(config, r, model, data, upstream)
+    return for_run(config).validate(config, r, model, data, upstream, measured)
 
 
 def online_workers(config: RunConfig) -> tuple[int, str | None]:

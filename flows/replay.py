@@ -10,11 +10,12 @@ Prefect. A replay records nothing there: nothing ran.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from selffeed.config import RunConfig, dump_config
-from selffeed.loop.rounds import Stages, loop
+from selffeed.loop.rounds import Stages, loop, shared_round0
 from selffeed.run.bookkeeping import decide, decision
 from selffeed.run.layout import RunLayout, write_text
 from selffeed.run.lock import run_lock
@@ -25,12 +26,12 @@ class _Miss(Exception):
     """A stage has no valid cached result under its current key."""
 
 
-def replay(cfg: RunConfig) -> dict[str, Any] | None:
+def replay(cfg: RunConfig, round0_from: str | None = None) -> dict[str, Any] | None:
     """The run record of ``cfg``'s loop if every stage of it is cached with its files intact, else None.
 
-    Holds the run's writer lock while it looks. On a hit it writes what the flow writes when every stage
-    is cached: this invocation's ``config.yaml``, and ``run.json`` and ``best`` from the last decision; on
-    a miss, nothing."""
+    ``round0_from`` as the flow takes it (round 0 copied from that run). Holds the run's writer lock while it
+    looks. On a hit it writes what the flow writes when every stage is cached: this invocation's
+    ``config.yaml``, and ``run.json`` and ``best`` from the last decision; on a miss, nothing."""
     lay = RunLayout.of(cfg.runs_dir, cfg.name)
     storage = lay.results.resolve()
     if not storage.is_dir():
@@ -54,14 +55,18 @@ def replay(cfg: RunConfig) -> dict[str, Any] | None:
         final[:] = [history]
         return decision(cfg, history)
 
+    finetune, measured = cached("finetune"), None
+    if round0_from:  # looked up under the adopting task's key: the fine-tune's plus the adopted model
+        model, measured = shared_round0(cfg, round0_from)
+        finetune = functools.partial(finetune, model=model)
     stages = Stages(
-        prepare=cached("prepare"), finetune=cached("finetune"), sample=cached("sample"),
+        prepare=cached("prepare"), finetune=finetune, sample=cached("sample"),
         filter_samples=cached("filter"), retrain=cached("retrain"), validate=cached("validate"),
         decide=decide_unwritten,
     )
     try:
         with run_lock(lay.lock, f"selffeed run {cfg.name} (replay of cached stages)"):
-            loop(cfg, stages)
+            loop(cfg, stages, measured=measured)
             write_text(lay.config, dump_config(cfg))
             return decide(cfg, final[0])
     except _Miss:

@@ -27,25 +27,36 @@ from pydantic import Field
 
 from flows.gpu_stages import run_stage
 from selffeed.config import RunConfig
-from selffeed.loop.rounds import Stages, run_rounds
+from selffeed.loop.rounds import Stages, run_rounds, shared_round0
 from selffeed.run.bookkeeping import continued_config
 from tasks.stages import for_run
 
 
 @flow(name="self-improve", flow_run_name="{config.name}", validate_parameters=True)
-def self_improve(config: RunConfig = RunConfig()) -> dict[str, Any]:
-    """Run the self-improvement loop for ``config``; returns the run record (best round, stop reason)."""
+def self_improve(config: RunConfig = RunConfig(), round0_from: str | None = None) -> dict[str, Any]:
+    """Run the self-improvement loop for ``config``; returns the run record (best round, stop reason).
+
+    Args:
+        config: The run's settings.
+        round0_from: Another run in the same runs_dir, with the same seed, data and fine-tune settings (an
+            experiment's other arm), whose round-0 model this run copies instead of fine-tuning its own;
+            its round-0 figures too, where validation would measure the same ones.
+    """
     t = for_run(config)
     gpu = functools.partial
+    finetune, measured = gpu(run_stage, "finetune"), None
+    if round0_from:
+        model, measured = shared_round0(config, round0_from)
+        finetune = functools.partial(t.adopt_round0, model=model)
     return run_rounds(config, Stages(
         prepare=lambda cfg: t.prepare(cfg),
-        finetune=gpu(run_stage, "finetune"),
+        finetune=finetune,
         sample=gpu(run_stage, "sample"),
         filter_samples=lambda cfg, **kw: t.filter_samples(cfg, **kw),
         retrain=gpu(run_stage, "retrain"),
         validate=gpu(run_stage, "validate"),
         decide=lambda cfg, r, history: t.decide(cfg, r, history),
-    ), owner=f"flow self-improve, run {config.name}")
+    ), owner=f"flow self-improve, run {config.name}", measured=measured)
 
 
 @flow(name="nightly", flow_run_name="{run_name}-nightly", validate_parameters=True)

@@ -1,4 +1,4 @@
-"""Prefect tasks for the loop's stages; each is one call into :mod:`selffeed.loop.stages`.
+"""Prefect tasks for the loop's stages; each is one call into :mod:`selffeed.loop`.
 
 Every stage is persisted and cached under a content-addressed key (:mod:`tasks.cache`), so a re-run
 of a flow (new run, Retry button, ``prefect flow-run retry``) reuses each completed stage and runs
@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL
 
 from selffeed.config import RunConfig
-from selffeed.loop import stages
+from selffeed.loop import rounds, stages
 from selffeed.run import bookkeeping
 from selffeed.run.manifest import Manifest
 from selffeed.run.report import artifact_key, round_markdown
@@ -62,6 +62,14 @@ def finetune(cfg: RunConfig, data: Manifest) -> Manifest:
     return stages.finetune(cfg, data, progress=_progress("fine-tune r0"))
 
 
+@task(**_stage("finetune", task_run_name="finetune-r0-adopted") | {"name": "adopt-round0"})
+def adopt_round0(cfg: RunConfig, data: Manifest, model: Manifest) -> Manifest:
+    """Round 0 as a copy of ``model``, another run's round 0 with the same seed, data and fine-tune settings.
+
+    Keyed like a fine-tune with the adopted model's digest as an extra input, so it is never taken for one."""
+    return rounds.adopt_round0(cfg, model)
+
+
 @task(**_stage("sample", task_run_name="sample-r{r}", tags=GPU))
 def sample(cfg: RunConfig, r: int, model: Manifest, data: Manifest, difficulties: list[int] | None = None) -> Manifest:
     return stages.sample(cfg, r, model, data, difficulties, progress=_progress(f"sample r{r}"))
@@ -94,9 +102,10 @@ def retrain(cfg: RunConfig, r: int, previous: Manifest, data: Manifest, kept: li
 
 @task(**_stage("validate", task_run_name="validate-r{r}", tags=GPU))
 def validate(
-    cfg: RunConfig, r: int, model: Manifest, data: Manifest, upstream: list[Manifest] | None = None
+    cfg: RunConfig, r: int, model: Manifest, data: Manifest, upstream: list[Manifest] | None = None,
+    measured: dict[str, Any] | None = None,
 ) -> Manifest:
-    return stages.validate(cfg, r, model, data, upstream)
+    return stages.validate(cfg, r, model, data, upstream, measured)
 
 
 @task(name="decide", task_run_name="decide-r{r}", cache_policy=NO_CACHE)
@@ -127,8 +136,8 @@ def for_run(cfg: RunConfig) -> SimpleNamespace:
     bound = {
         name: t.with_options(**options)
         for name, t in dict(
-            prepare=prepare, finetune=finetune, sample=sample, sample_part=sample_part, filter_samples=filter_samples,
-            retrain=retrain, validate=validate,
+            prepare=prepare, finetune=finetune, adopt_round0=adopt_round0, sample=sample, sample_part=sample_part,
+            filter_samples=filter_samples, retrain=retrain, validate=validate,
         ).items()
     }
     return SimpleNamespace(**bound, decide=decide)

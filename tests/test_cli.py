@@ -1,5 +1,6 @@
 """The selffeed command: one-line errors before anything is written, and a real run end to end."""
 
+import json
 import os
 import subprocess
 import sys
@@ -59,15 +60,22 @@ def test_cli_runs_the_flow_with_its_own_prefect_home(tmp_path):
     assert (runs / ".prefect" / "prefect.db").is_file()  # PREFECT_HOME kept inside the run area
     assert (runs / "tiny" / "round-001" / "kept.parquet").is_file()
     assert (runs / "tiny-seed-only" / "round-001" / "model" / "model.safetensors").is_file()
+    # The control's round 0 is the run's own, copied, with its figures: fine-tuned once, validated once.
+    r0 = {name: json.loads((runs / name / "round-000" / "manifest.json").read_text())["stages"]
+          for name in ("tiny", "tiny-seed-only")}
+    assert r0["tiny-seed-only"]["finetune"]["digests"] == r0["tiny"]["finetune"]["digests"]
+    assert r0["tiny-seed-only"]["validate"]["meta"]["measured_by"] == "tiny/round-000"
 
-    # A re-run of the finished run is answered from its cache: no Prefect server, no flow run, same table.
+    # A re-run of the finished runs is answered from their cache: no Prefect server, no flow run, same tables.
     again = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", CONFIG, *overrides],
+        [sys.executable, "-m", "flows.cli", "run", CONFIG, *overrides, "--control"],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "(every stage cached, nothing ran)" in again.stdout and "self-improve" not in again.stdout
+    # Printed only when the replay answered (no flow ran): for the run and for its control.
+    assert again.stdout.count("(every stage cached, nothing ran)") == 2
     assert _table(again.stdout, "tiny") == _table(proc.stdout, "tiny")
+    assert _table(again.stdout, "tiny-seed-only") == _table(proc.stdout, "tiny-seed-only")
     assert (runs / "tiny" / "run.json").is_file()
 
 

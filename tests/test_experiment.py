@@ -277,10 +277,55 @@ def test_experiment_flow_runs_arms_and_writes_the_report(tmp_path, prefect_harne
     by_type = {a.type: a.data for a in found}
     assert by_type["image"].startswith("data:image/png;base64,") and "## Arm oracle" in by_type["markdown"]
 
+    # The seed's arms fine-tuned round 0 once: the oracle arm copied the self arm's model and its figures.
+    runs = {arm: RunLayout.of(cfg.runs_dir, f"exp-{arm}-s0") for arm in ("self", "oracle")}
+    r0 = {arm: json.loads(lay.round_manifest(0).read_text())["stages"] for arm, lay in runs.items()}
+    assert r0["oracle"]["finetune"]["digests"] == r0["self"]["finetune"]["digests"]
+    assert r0["oracle"]["finetune"]["paths"]["model"] == str(runs["oracle"].model(0))  # its own copy
+    assert r0["oracle"]["validate"]["meta"]["measured_by"] == "exp-self-s0/round-000"
+    assert "measured_by" not in r0["self"]["validate"]["meta"]
+    ran = _task_runs("exp-self-s0", "exp-oracle-s0")
+    assert ran["finetune-r0"] == 1 and ran["finetune-r0-adopted"] == 1 and ran["validate-r0"] == 2
+
+
+def _task_runs(*flow_runs: str) -> dict[str, int]:
+    """How many task runs of each name ran (not answered from the cache) in the flow runs named ``flow_runs``."""
+    from collections import Counter
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=list(flow_runs))))
+    return dict(Counter(r.name for r in runs if r.state is not None and r.state.name == "Completed"))
+
+
+def test_a_run_adopts_round_0_only_from_a_run_with_its_seed_data_and_fine_tune(tmp_path):
+    from selffeed.loop.rounds import run_rounds, shared_round0
+
+    cfg = tiny_run_config(tmp_path, **{"loop.max_rounds": 1, "name": "src"})
+    with pytest.raises(ConfigError, match="round0_from: run 'src' has no committed round 0"):
+        shared_round0(cfg.model_copy(update={"name": "dst"}), "src")
+    run_rounds(cfg)
+    same = cfg.model_copy(update={"name": "dst"}, deep=True)
+    model, measured = shared_round0(same, "src")
+    assert model.path("model") == RunLayout.of(cfg.runs_dir, "src").model(0)
+    assert measured == json.loads(RunLayout.of(cfg.runs_dir, "src").metrics(0).read_text())
+    other = same.model_copy(update={"seed": 7}, deep=True)
+    with pytest.raises(ConfigError, match=r"round0_from: run 'src' was prepared or fine-tuned .*\(seed differ\)"):
+        shared_round0(other, "src")
+    other = same.model_copy(deep=True)
+    other.finetune.lr = other.finetune.lr * 2
+    with pytest.raises(ConfigError, match=r"\(finetune differ\)"):
+        shared_round0(other, "src")
+    other = same.model_copy(deep=True)
+    other.loop.mix = "seed_only"  # a setting round 0 does not read
+    assert shared_round0(other, "src")[0] == model
+
 
 def test_arms_of_a_seed_share_round_0_validation_where_its_inputs_are_the_same(tmp_path):
     from selffeed.loop.rounds import run_experiment
-    from selffeed.loop.stages import same_validation
+    from selffeed.run.keys import same_validation
 
     cfg = tiny_run_config(tmp_path, **{"loop.max_rounds": 1, "name": "share"})
     run_experiment(cfg, ["self", "seed_only"], seeds=1)

@@ -62,7 +62,7 @@ def loop(cfg: RunConfig, s: Stages, first: tuple[Manifest, Manifest] | None = No
     ``measured`` (that other run's round-0 metrics), takes those figures instead of measuring them again."""
     data = first[0] if first else s.prepare(cfg)
     model = first[1] if first else s.finetune(cfg, data=data)
-    extra = {"measured": measured} if measured else {}  # only plain stages take it (run_experiment)
+    extra = {"measured": measured} if measured else {}  # stages that never share round 0 need not take it
     history = [s.validate(cfg, r=0, model=model, data=data, **extra).meta["metrics"]]
     decision = s.decide(cfg, r=0, history=history)
     kept: list[Manifest] = []
@@ -86,11 +86,12 @@ def loop(cfg: RunConfig, s: Stages, first: tuple[Manifest, Manifest] | None = No
 
 
 def run_rounds(cfg: RunConfig, s: Stages | None = None, owner: str | None = None,
-               first: tuple[Manifest, Manifest] | None = None) -> dict[str, Any]:
+               first: tuple[Manifest, Manifest] | None = None,
+               measured: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`loop` (by default over :func:`plain` stages) while holding ``cfg``'s run directory (its writer
-    lock, config.yaml)."""
+    lock, config.yaml); ``first`` and ``measured`` as :func:`loop` takes them."""
     with open_run(cfg, owner=owner or f"plain run {cfg.name}"):
-        return loop(cfg, s or plain(), first)
+        return loop(cfg, s or plain(), first, measured)
 
 
 def adopt_round0(cfg: RunConfig, model: Manifest) -> Manifest:
@@ -99,17 +100,49 @@ def adopt_round0(cfg: RunConfig, model: Manifest) -> Manifest:
     from selffeed.loop import stages
     from selffeed.run.layout import atomic_path
 
+    t0 = time.perf_counter()
     dest = stages.layout_of(cfg).model(0)
     with atomic_path(dest) as tmp:
         shutil.copytree(model.path("model"), tmp)
-    return make_manifest("finetune", {"model": dest}, round_=0, rows=model.rows, **model.meta)
+    # The model's figures (train loss, tokens, ...) are the source's; the time is the copy's.
+    meta = model.meta | {"seconds": time.perf_counter() - t0, "adopted_from": model.paths["model"]}
+    return make_manifest("finetune", {"model": dest}, round_=0, rows=model.rows, **meta)
+
+
+def shared_round0(cfg: RunConfig, source: str) -> tuple[Manifest, dict[str, Any] | None]:
+    """Run ``source``'s committed round-0 model (a run in the same ``runs_dir``: another arm of an experiment
+    with the same seed), for ``cfg`` to adopt instead of fine-tuning, and its round-0 metrics where validating
+    under ``cfg`` gives the same figures (:func:`~selffeed.run.keys.same_validation`), else None.
+
+    Raises ConfigError when ``source`` has no committed round 0, or prepared or fine-tuned under other
+    settings than ``cfg`` (then its model is not the one ``cfg`` would train)."""
+    from selffeed.run.keys import config_material, same_validation
+    from selffeed.run.layout import RunLayout, read_json
+
+    lay = RunLayout.of(cfg.runs_dir, source)
+    if not lay.round_manifest(0).is_file():
+        raise ConfigError(f"round0_from: run {source!r} has no committed round 0 (no {lay.round_manifest(0)})")
+    theirs = load_config(lay.config)
+
+    def training(c: RunConfig) -> dict[str, dict[str, Any]]:  # what round 0's data and model depend on
+        own = ("name", "runs_dir")
+        return {s: {k: v for k, v in config_material(s, c).items() if k not in own} for s in ("prepare", "finetune")}
+
+    mine, source_round0 = training(cfg), training(theirs)
+    if mine != source_round0:
+        differ = sorted({k for s, m in mine.items() for k, v in m.items() if source_round0[s].get(k) != v})
+        raise ConfigError(f"round0_from: run {source!r} was prepared or fine-tuned with other settings "
+                          f"({', '.join(differ)} differ), so its round-0 model is not this run's")
+    model = Manifest.model_validate(read_json(lay.round_manifest(0))["stages"]["finetune"])
+    return model, read_json(lay.metrics(0)) if same_validation(cfg, theirs) else None
 
 
 def run_experiment(cfg: RunConfig, arms: list[str], seeds: int) -> None:
     """Every arm for every seed, plainly (no Prefect), arms of a seed sharing its round-0 fine-tune and,
-    where :func:`~selffeed.loop.stages.same_validation` holds, its round-0 validation figures."""
+    where :func:`~selffeed.run.keys.same_validation` holds, its round-0 validation figures."""
     from selffeed.experiments.arms import arm_config, seeds_of
     from selffeed.loop import stages
+    from selffeed.run.keys import same_validation
     from selffeed.run.layout import read_json
 
     for seed in seeds_of(cfg, seeds):
@@ -122,7 +155,7 @@ def run_experiment(cfg: RunConfig, arms: list[str], seeds: int) -> None:
                 if shared is not None:
                     first_cfg, model = shared
                     first = (stages.prepare(arm_cfg), adopt_round0(arm_cfg, model))
-                    if stages.same_validation(arm_cfg, first_cfg):
+                    if same_validation(arm_cfg, first_cfg):
                         measured = read_json(stages.layout_of(first_cfg).metrics(0))
                 else:
                     data = stages.prepare(arm_cfg)

@@ -290,15 +290,6 @@ def retrain(
     return _train_and_save(cfg, r, model, tokenizer, mix, cfg.retrain, n_kept, progress, t0)
 
 
-def same_validation(a: RunConfig, b: RunConfig) -> bool:
-    """Whether validating one model under ``a`` and under ``b`` gives the same figures: validation reads
-    neither the filter, loop nor audit settings, and the sampling settings only for recipes it samples."""
-    ignored = {"name", "filter", "loop", "audit"}
-    if a.recipe not in ("text", "constrained_stories"):
-        ignored.add("sample")
-    return a.model_dump(exclude=ignored) == b.model_dump(exclude=ignored)
-
-
 def validate(
     cfg: RunConfig, r: int, model: Manifest, data: Manifest, upstream: list[Manifest] | None = None,
     measured: dict[str, Any] | None = None,
@@ -308,8 +299,8 @@ def validate(
     ``metrics.json``.
 
     ``measured``: another run's metrics of this same model on the same splits (the arms of an experiment
-    share round 0, and :func:`same_validation` holds), whose held-out figures are taken instead of
-    measured again."""
+    share round 0, and :func:`~selffeed.run.keys.same_validation` holds), whose held-out figures are taken
+    instead of measured again."""
     _threads(cfg)
     t0 = time.perf_counter()
     lay = layout_of(cfg)

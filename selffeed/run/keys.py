@@ -173,6 +173,15 @@ def _digests(value: Any) -> Any:
     return value
 
 
+def same_validation(a: RunConfig, b: RunConfig) -> bool:
+    """Whether validating one model under ``a`` and under ``b`` gives the same figures: validation reads
+    neither the filter, loop nor audit settings, and the sampling settings only for recipes it samples."""
+    ignored = {"name", "filter", "loop", "audit"}
+    if a.recipe not in ("text", "constrained_stories"):
+        ignored.add("sample")
+    return a.model_dump(exclude=ignored) == b.model_dump(exclude=ignored)
+
+
 def stage_key(stage: str, cfg: RunConfig, inputs: dict[str, Any]) -> str:
     """The key of running ``stage`` with ``inputs`` (the task's arguments other than the config)."""
     material = {
