@@ -138,30 +138,24 @@ def shared_round0(cfg: RunConfig, source: str) -> tuple[Manifest, dict[str, Any]
 
 
 def run_experiment(cfg: RunConfig, arms: list[str], seeds: int) -> None:
-    """Every arm for every seed, plainly (no Prefect), arms of a seed sharing its round-0 fine-tune and,
-    where :func:`~selffeed.run.keys.same_validation` holds, its round-0 validation figures."""
+    """Every arm for every seed, plainly (no Prefect), as the ``experiment`` flow runs them: the seed's first
+    arm fine-tunes round 0 and the others copy it (:func:`shared_round0`, which also hands over its round-0
+    figures where :func:`~selffeed.run.keys.same_validation` holds)."""
     from selffeed.experiments.arms import arm_config, seeds_of
     from selffeed.loop import stages
-    from selffeed.run.keys import same_validation
-    from selffeed.run.layout import read_json
 
     for seed in seeds_of(cfg, seeds):
-        shared: tuple[RunConfig, Manifest] | None = None  # the seed's first arm and its round-0 model
+        source: str | None = None  # the seed's first arm, whose round 0 the others copy
         for arm in arms:
             arm_cfg = arm_config(cfg, arm, seed)
             t0 = time.perf_counter()
             with open_run(arm_cfg, owner=f"plain experiment {arm_cfg.name}"):
-                measured = None
-                if shared is not None:
-                    first_cfg, model = shared
+                first, measured = None, None
+                if source is not None:
+                    model, measured = shared_round0(arm_cfg, source)
                     first = (stages.prepare(arm_cfg), adopt_round0(arm_cfg, model))
-                    if same_validation(arm_cfg, first_cfg):
-                        measured = read_json(stages.layout_of(first_cfg).metrics(0))
-                else:
-                    data = stages.prepare(arm_cfg)
-                    shared = (arm_cfg, stages.finetune(arm_cfg, data))
-                    first = (data, shared[1])
                 record = loop(arm_cfg, plain(), first, measured)
+            source = source or arm_cfg.name
             print(f"{arm_cfg.name}: best round {record['best_round']} ({record['stop_reason']}), "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
 
