@@ -28,7 +28,7 @@ from pydantic import Field
 from flows.gpu_stages import run_stage
 from selffeed.config import RunConfig
 from selffeed.loop.rounds import Stages, run_rounds, shared_round0
-from selffeed.run.bookkeeping import continued_config
+from selffeed.run.bookkeeping import adopted_round0, continued_config
 from tasks.stages import for_run
 
 
@@ -66,4 +66,6 @@ def nightly(
     rounds: int = Field(1, ge=1, le=50, description="Rounds to add after the last committed round."),
 ) -> dict[str, Any]:
     """Add ``rounds`` rounds to an existing run: earlier rounds are reused from the cache, untouched."""
-    return self_improve(continued_config(runs_dir, run_name, rounds))
+    # A run whose round 0 was copied from another arm finds it under the adopting task's key, from itself.
+    own = run_name if adopted_round0(runs_dir, run_name) else None
+    return self_improve(continued_config(runs_dir, run_name, rounds), round0_from=own)

@@ -287,6 +287,15 @@ def test_experiment_flow_runs_arms_and_writes_the_report(tmp_path, prefect_harne
     ran = _task_runs("exp-self-s0", "exp-oracle-s0")
     assert ran["finetune-r0"] == 1 and ran["finetune-r0-adopted"] == 1 and ran["validate-r0"] == 2
 
+    # The nightly flow continues the oracle arm from its own copy: round 0 found in the cache, not fine-tuned again.
+    from flows.self_improve import nightly
+
+    before = runs["oracle"].model(0).stat().st_mtime_ns
+    nightly(run_name="exp-oracle-s0", runs_dir=str(cfg.runs_dir), rounds=1)
+    assert runs["oracle"].round_manifest(2).is_file() and runs["oracle"].model(0).stat().st_mtime_ns == before
+    ran = _task_runs("exp-self-s0", "exp-oracle-s0")
+    assert ran["finetune-r0"] == 1 and ran["finetune-r0-adopted"] == 1 and ran["retrain-r2"] == 1
+
 
 def _task_runs(*flow_runs: str) -> dict[str, int]:
     """How many task runs of each name ran (not answered from the cache) in the flow runs named ``flow_runs``."""

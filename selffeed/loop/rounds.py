@@ -105,13 +105,14 @@ def adopt_round0(cfg: RunConfig, model: Manifest) -> Manifest:
     with atomic_path(dest) as tmp:
         shutil.copytree(model.path("model"), tmp)
     # The model's figures (train loss, tokens, ...) are the source's; the time is the copy's.
-    meta = model.meta | {"seconds": time.perf_counter() - t0, "adopted_from": model.paths["model"]}
+    source = model.meta.get("adopted_from", model.paths["model"])  # a run continuing its own copy keeps the source
+    meta = model.meta | {"seconds": time.perf_counter() - t0, "adopted_from": source}
     return make_manifest("finetune", {"model": dest}, round_=0, rows=model.rows, **meta)
 
 
 def shared_round0(cfg: RunConfig, source: str) -> tuple[Manifest, dict[str, Any] | None]:
     """Run ``source``'s committed round-0 model (a run in the same ``runs_dir``: another arm of an experiment
-    with the same seed), for ``cfg`` to adopt instead of fine-tuning, and its round-0 metrics where validating
+    with the same seed, or this run itself when it continues after adopting its round 0), for ``cfg`` to adopt instead of fine-tuning, and its round-0 metrics where validating
     under ``cfg`` gives the same figures (:func:`~selffeed.run.keys.same_validation`), else None.
 
     Raises ConfigError when ``source`` has no committed round 0, or prepared or fine-tuned under other

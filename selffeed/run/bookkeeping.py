@@ -81,6 +81,15 @@ def continued_config(runs_dir: str, name: str, rounds: int) -> RunConfig:
     return cfg
 
 
+def adopted_round0(runs_dir: str, name: str) -> bool:
+    """Whether run ``name``'s committed round 0 is a copy of another run's (an experiment arm's); continuing it
+    must adopt that model again rather than fine-tune one under the plain key."""
+    lay = RunLayout.of(runs_dir, name)
+    if not lay.round_manifest(0).is_file():
+        return False
+    return "adopted_from" in read_json(lay.round_manifest(0))["stages"]["finetune"]["meta"]
+
+
 @contextmanager
 def open_run(cfg: RunConfig, owner: str) -> Iterator[RunLayout]:
     """Hold the run's writer lock; on entry, remove temporaries a killed writer left and record the
