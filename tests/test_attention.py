@@ -3,7 +3,6 @@ grouped-query model samples the same greedy tokens as ``generate`` through it.""
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from selffeed.config import SampleConfig
@@ -34,21 +33,6 @@ def test_grouped_attention_equals_eager(q, masked):
     theirs, _ = eager_attention_forward(_Heads(h // h_kv), query, key, value, mask, scaling=d**-0.5)
     assert ours.shape == theirs.shape == (b, q, h, d)
     torch.testing.assert_close(ours, theirs)
-
-
-@pytest.fixture
-def tiny_llama(tokenizer):
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # a random init is nearly uniform; sharpen it so greedy has clear winners
-        model.model.embed_tokens.weight.mul_(8)
-    return model
 
 
 def test_grouped_query_model_decodes_through_the_grouped_path(tiny_llama):

@@ -31,6 +31,7 @@ from transformers.cache_utils import DynamicLayer
 
 from selffeed.config import SampleConfig
 from selffeed.sampling.attention import decode_attention
+from selffeed.sampling.packed import packed_linears
 
 
 @dataclass(frozen=True)
@@ -281,18 +282,22 @@ def generate_batches(
     max_new = min(cfg.max_new_tokens or max_new_tokens, max_new_tokens)
     cache_arg = _cache_argument(model)
     out: list[Completion] = []
-    for b, idx in enumerate(batches, start=first_batch):
-        batch = [prompts[i] for i in idx]
-        if cache_arg is None:
-            texts = _generate_batch_hf(model, tokenizer, batch, cfg, k, max_new, batch_seed(seed, b))
-        else:
-            with _fused_gelu(model):
+    with contextlib.ExitStack() as fast:
+        if cache_arg is not None:
+            fast.enter_context(_fused_gelu(model))
+            if model.device.type == "cpu":
+                fast.enter_context(packed_linears(model))
+        for b, idx in enumerate(batches, start=first_batch):
+            batch = [prompts[i] for i in idx]
+            if cache_arg is None:
+                texts = _generate_batch_hf(model, tokenizer, batch, cfg, k, max_new, batch_seed(seed, b))
+            else:
                 texts = _decode_batch(model, tokenizer, batch, cfg, k, max_new, batch_seed(seed, b), cache_arg)
-        # Both return the k samples of each prompt contiguously.
-        for j, i in enumerate(idx):
-            out.extend(Completion(i, s, *texts[j * k + s]) for s in range(k))
-        if on_batch is not None:
-            on_batch(b)
+            # Both return the k samples of each prompt contiguously.
+            for j, i in enumerate(idx):
+                out.extend(Completion(i, s, *texts[j * k + s]) for s in range(k))
+            if on_batch is not None:
+                on_batch(b)
     return out
 
 

@@ -1,0 +1,83 @@
+"""Linear layers with their weights packed once for oneDNN, for the forwards of a sampling pass on CPU.
+
+``torch.nn.functional.linear`` on CPU hands a plain row-major weight to the BLAS on every call, which
+re-blocks it for its kernel each time; for decode-sized inputs (a few hundred rows) that costs as much as
+the product. oneDNN can block a weight once (``mkldnn._reorder_linear_weight``) and multiply against the
+blocked copy (``mkldnn._linear_pointwise``, what inductor's frozen graphs call, and what vLLM's CPU
+backend does for its GEMMs). On SmolLM2-135M's shapes, 2 AVX2 cores, fp32: 1.1-1.5x per product at 256
+rows, 1.4-2.2x at 64, and the 49,152-wide LM head 1.5x at 256 rows and 3.9x at 9 (benchmarks/README.md).
+
+:func:`packed_linears` swaps the forward of every ``nn.Linear`` (and GPT-2's ``Conv1D``) of a model for the
+packed product inside a ``with`` block, for inference only: the packed copy is a snapshot (the block must not
+train the model) and holds a second copy of the weights while it lasts. Where oneDNN is missing or refuses a
+weight (a dtype this CPU lacks: bf16 needs AVX-512 or AVX-NE-CONVERT), or its product on a probe differs from
+the plain one, that layer keeps its own forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+# Rows the packing is tuned for (a hint only: any row count multiplies correctly): a decode batch.
+ROWS_HINT = 256
+
+
+def _product(weight: torch.Tensor, bias: torch.Tensor | None):
+    """A forward computing ``x @ weight.T + bias`` against a once-packed ``weight`` (out, in)."""
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
+    bias = None if bias is None else bias.detach()
+    # A probe against the plain product, once: a CPU whose oneDNN build mis-handles this dtype keeps the plain one.
+    probe = torch.linspace(-1, 1, 3 * weight.shape[1], dtype=weight.dtype).view(3, -1)
+    want = torch.nn.functional.linear(probe, weight.detach(), bias)
+    got = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [None], "")
+    if not torch.allclose(got, want, rtol=1e-2, atol=1e-2 * float(want.abs().max()) + 1e-6):
+        raise RuntimeError("oneDNN's packed product differs from the plain one")
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != weight.dtype or x.requires_grad:  # autocast or a gradient: what the layer would do
+            return torch.nn.functional.linear(x, weight, bias)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], "")
+
+    return forward
+
+
+def _packable(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight as (out, in), bias) of a plain linear layer on CPU in fp32 or bf16, else None."""
+    if type(module) is torch.nn.Linear:
+        weight = module.weight
+    elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight is (in, out)
+        weight = module.weight.t().contiguous()
+    else:
+        return None
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return weight, module.bias
+
+
+def available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@contextlib.contextmanager
+def packed_linears(model: torch.nn.Module) -> Iterator[int]:
+    """Run ``model``'s linear layers on oneDNN-packed weights inside the block (CPU, inference); yields how
+    many layers were swapped (0 where oneDNN is unavailable)."""
+    swapped = []
+    if available():
+        for module in model.modules():
+            found = _packable(module)
+            if found is None:
+                continue
+            try:
+                module.forward = _product(*found)
+            except RuntimeError:  # oneDNN refused this weight: the layer keeps its own forward
+                continue
+            swapped.append(module)
+    try:
+        yield len(swapped)
+    finally:
+        for module in swapped:
+            del module.forward
