@@ -12,6 +12,12 @@ from selffeed.sampling.sampler import sample_completions
 pytestmark = pytest.mark.skipif(not packed.available(), reason="torch built without oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def pack_tiny_layers(monkeypatch):
+    """The tiny models' layers are below the size worth packing; these tests pack them anyway."""
+    monkeypatch.setattr(packed, "MIN_WEIGHT", 0)
+
+
 def _linears(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m) is torch.nn.Linear or type(m).__name__ == "Conv1D"]
 
@@ -39,14 +45,19 @@ def test_a_forward_with_gradients_or_another_dtype_takes_the_plain_product(tiny_
         loss = tiny_llama(input_ids=ids, labels=ids).loss  # grad mode: the layers' own product, differentiable
         loss.backward()
         assert tiny_llama.lm_head.weight.grad is not None and tiny_llama.lm_head.weight.grad.abs().sum() > 0
+        with torch.no_grad():  # the weights move: the packed snapshot is not used while autograd could record
+            for p in tiny_llama.parameters():
+                p.add_(0.1)
+        inside = tiny_llama(input_ids=ids, labels=ids).loss
         x = torch.randn(2, 32, dtype=torch.float64)
         with torch.inference_mode():  # an input of another dtype than the weights: plain product (and its error)
             with pytest.raises(RuntimeError, match="dtype"):
                 tiny_llama.lm_head(x)
+    assert torch.equal(inside, tiny_llama(input_ids=ids, labels=ids).loss)
 
 
 def test_layers_onednn_refuses_keep_their_own_forward(tiny_llama, monkeypatch):
-    def refuse(weight, bias):
+    def refuse(module, weight, bias):
         raise RuntimeError("oneDNN's packed product differs from the plain one")
 
     monkeypatch.setattr(packed, "_product", refuse)
@@ -55,6 +66,13 @@ def test_layers_onednn_refuses_keep_their_own_forward(tiny_llama, monkeypatch):
     half = torch.nn.Linear(4, 4).half()  # a dtype the packing does not take
     with packed_linears(half) as swapped:
         assert swapped == 0
+
+
+def test_layers_below_the_size_worth_packing_keep_their_own_forward(tiny_model, monkeypatch):
+    monkeypatch.setattr(packed, "MIN_WEIGHT", 1 << 18)
+    big = torch.nn.Linear(512, 512)
+    with packed_linears(tiny_model) as small, packed_linears(big) as large:
+        assert small == 0 and large == 1
 
 
 def test_sampling_with_packed_weights_draws_what_the_plain_layers_draw(tiny_llama, tokenizer, monkeypatch):

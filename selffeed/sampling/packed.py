@@ -7,11 +7,11 @@ blocked copy (``mkldnn._linear_pointwise``, what inductor's frozen graphs call, 
 backend does for its GEMMs). On SmolLM2-135M's shapes, 2 AVX2 cores, fp32: 1.1-1.5x per product at 256
 rows, 1.4-2.2x at 64, and the 49,152-wide LM head 1.5x at 256 rows and 3.9x at 9 (benchmarks/README.md).
 
-:func:`packed_linears` swaps the forward of every ``nn.Linear`` (and GPT-2's ``Conv1D``) of a model for the
-packed product inside a ``with`` block, for inference only: the packed copy is a snapshot (the block must not
-train the model) and holds a second copy of the weights while it lasts. Where oneDNN is missing or refuses a
-weight (a dtype this CPU lacks: bf16 needs AVX-512 or AVX-NE-CONVERT), or its product on a probe differs from
-the plain one, that layer keeps its own forward.
+:func:`packed_linears` swaps the forward of every ``nn.Linear`` (and GPT-2's ``Conv1D``) of a model with at
+least :data:`MIN_WEIGHT` weights for the packed product inside a ``with`` block, for inference only: the
+packed copy is a snapshot (the block must not train the model) and holds a second copy of the weights while it
+lasts. Where oneDNN is missing or refuses a weight (a dtype this CPU lacks: bf16 needs AVX-512 or
+AVX-NE-CONVERT), or its product on a probe differs from the plain one, that layer keeps its own forward.
 """
 
 from __future__ import annotations
@@ -23,22 +23,28 @@ import torch
 
 # Rows the packing is tuned for (a hint only: any row count multiplies correctly): a decode batch.
 ROWS_HINT = 256
+# Smallest weight (in x out) worth packing: oneDNN's call costs ~30-40 us more than the BLAS's, which small products
+# do not win back (64x256 at 64 rows: 0.63x; 256x1024: 1.09-1.31x; the demo's 3-layer GPT-2 sampled at 0.93x).
+MIN_WEIGHT = 1 << 18
 
 
-def _product(weight: torch.Tensor, bias: torch.Tensor | None):
-    """A forward computing ``x @ weight.T + bias`` against a once-packed ``weight`` (out, in)."""
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
+def _product(module: torch.nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
+    """A forward for ``module`` computing ``x @ weight.T + bias`` against a once-packed ``weight`` (out, in)."""
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), ROWS_HINT)
     bias = None if bias is None else bias.detach()
     # A probe against the plain product, once: a CPU whose oneDNN build mis-handles this dtype keeps the plain one.
     probe = torch.linspace(-1, 1, 3 * weight.shape[1], dtype=weight.dtype).view(3, -1)
-    want = torch.nn.functional.linear(probe, weight.detach(), bias)
+    with torch.no_grad():
+        want = torch.nn.functional.linear(probe, weight, bias)
     got = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [None], "")
     if not torch.allclose(got, want, rtol=1e-2, atol=1e-2 * float(want.abs().max()) + 1e-6):
         raise RuntimeError("oneDNN's packed product differs from the plain one")
+    own, dtype = type(module).forward, weight.dtype
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != weight.dtype or x.requires_grad:  # autocast or a gradient: what the layer would do
-            return torch.nn.functional.linear(x, weight, bias)
+        # Autocast's dtype, or autograd recording: the layer's own product on its live weights.
+        if x.dtype != dtype or (torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad)):
+            return own(module, x)
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], "")
 
     return forward
@@ -49,10 +55,12 @@ def _packable(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
     if type(module) is torch.nn.Linear:
         weight = module.weight
     elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight is (in, out)
-        weight = module.weight.t().contiguous()
+        weight = module.weight.t()
     else:
         return None
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    if weight.numel() < MIN_WEIGHT:
         return None
     return weight, module.bias
 
@@ -72,7 +80,7 @@ def packed_linears(model: torch.nn.Module) -> Iterator[int]:
             if found is None:
                 continue
             try:
-                module.forward = _product(*found)
+                module.forward = _product(module, *found)
             except RuntimeError:  # oneDNN refused this weight: the layer keeps its own forward
                 continue
             swapped.append(module)
