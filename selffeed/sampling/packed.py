@@ -1,11 +1,12 @@
 """Linear layers with their weights packed once for oneDNN, for the forwards of a sampling pass on CPU.
 
 ``torch.nn.functional.linear`` on CPU hands a plain row-major weight to the BLAS on every call, which
-re-blocks it for its kernel each time; for decode-sized inputs (a few hundred rows) that costs as much as
-the product. oneDNN can block a weight once (``mkldnn._reorder_linear_weight``) and multiply against the
+packs it for its kernel each time, which a decode-sized input (a few hundred rows or fewer) pays on every
+step. oneDNN can block a weight once (``mkldnn._reorder_linear_weight``) and multiply against the
 blocked copy (``mkldnn._linear_pointwise``, what inductor's frozen graphs call, and what vLLM's CPU
-backend does for its GEMMs). On SmolLM2-135M's shapes, 2 AVX2 cores, fp32: 1.1-1.5x per product at 256
-rows, 1.4-2.2x at 64, and the 49,152-wide LM head 1.5x at 256 rows and 3.9x at 9 (benchmarks/README.md).
+backend does for its GEMMs). On SmolLM2-135M's shapes, 2 AVX2 cores, fp32, the 49,152-wide LM head runs
+1.2-1.5x at 256 rows, 1.8-2.2x at 64 and 3.4-3.9x at 9, the other products gain mostly below 256 rows, and
+sampling runs 1.21x at 64 rows, 1.05x at 256 (benchmarks/packed.py, benchmarks/README.md).
 
 :func:`packed_linears` swaps the forward of every ``nn.Linear`` (and GPT-2's ``Conv1D``) of a model with at
 least :data:`MIN_WEIGHT` weights for the packed product inside a ``with`` block, for inference only: the
