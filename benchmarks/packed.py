@@ -1,15 +1,16 @@
 """Benchmark: oneDNN-packed linear weights (selffeed.sampling.packed) against plain ones, on a real checkpoint.
 
-Three levels, each as alternating pairs in one process (this 2-core machine moves 10-15% between runs, so a
+Four levels, each as alternating pairs in one process (this 2-core machine moves 10-15% between runs, so a
 ratio from adjacent runs says more than two separate runs):
 
   products   one product per weight shape of SmolLM2-135M at 256, 64 and 9 rows (best of 3 x N calls)
   forward    a whole forward: one 256-row decode step (no cache) and a 32 x 74-token prefill
   sampling   sample_completions with and without the packing, 64 rows x 32 tokens and 256 rows x 16 tokens
-             (EOS unreachable), and 256 rows with the model's own EOS, up to 128 tokens (rows end as answers do)
+             (EOS unreachable)
+  answers    the same for 256 rows with the model's own EOS, up to 128 tokens (rows end as answers do)
 
-    LD_PRELOAD=libtcmalloc_minimal.so.4 python benchmarks/packed.py            # ~8 min on 2 cores
-    LD_PRELOAD=libtcmalloc_minimal.so.4 python benchmarks/packed.py --pairs 2 --levels products,sampling  # a quicker look
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python benchmarks/packed.py            # ~20 min on 2 cores
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python benchmarks/packed.py --pairs 2 --levels products,sampling  # quicker
 """
 
 from __future__ import annotations
@@ -125,18 +126,16 @@ def forwards(model, n: int) -> None:
 
 
 def sampling(model, tok, batch: list[str], new: int, n: int) -> None:
-    import selffeed.sampling.sampler as sampler
+    from sampling_real import without_packing
     from selffeed.config import SampleConfig
+    from selffeed.sampling.sampler import sample_completions
 
-    cfg, own, tokens = SampleConfig(k=8, batch_prompts=len(batch), top_k=0), sampler.packed_linears, []
+    cfg, tokens = SampleConfig(k=8, batch_prompts=len(batch), top_k=0), []
 
     def run(pack: bool) -> float:  # packing included
-        sampler.packed_linears = own if pack else (lambda m: contextlib.nullcontext(0))
         t0 = time.perf_counter()
-        try:
-            out = sampler.sample_completions(model, tok, batch, cfg, seed=0, max_new_tokens=new)
-        finally:
-            sampler.packed_linears = own
+        with contextlib.nullcontext() if pack else without_packing():
+            out = sample_completions(model, tok, batch, cfg, seed=0, max_new_tokens=new)
         tokens.append(sum(c.n_tokens for c in out))
         return time.perf_counter() - t0
 

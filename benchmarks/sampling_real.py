@@ -25,8 +25,10 @@ selffeed ran at 0.48x, batched ``generate`` at 0.74x their speed (fp32, short ca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,19 +74,24 @@ def run_repeat_kv(model, tok, prompts, k, new, batch_prompts):
         sampler.decode_attention = grouped
 
 
-def run_unpacked(model, tok, prompts, k, new, batch_prompts):
-    """selffeed's sampler with each linear layer's own forward (plain weights through the BLAS), not the
-    oneDNN-packed ones of selffeed.sampling.packed: what the packing saves."""
-    import contextlib
-
+@contextlib.contextmanager
+def without_packing() -> Iterator[None]:
+    """selffeed's sampler with each linear layer's own forward inside the block (plain weights through the BLAS),
+    not the oneDNN-packed ones of selffeed.sampling.packed."""
     import selffeed.sampling.sampler as sampler
 
     packed = sampler.packed_linears
     sampler.packed_linears = lambda m: contextlib.nullcontext(0)
     try:
-        return run_selffeed(model, tok, prompts, k, new, batch_prompts)
+        yield
     finally:
         sampler.packed_linears = packed
+
+
+def run_unpacked(model, tok, prompts, k, new, batch_prompts):
+    """selffeed's sampler without the packed weights: what the packing saves."""
+    with without_packing():
+        return run_selffeed(model, tok, prompts, k, new, batch_prompts)
 
 
 ENGINES = {"selffeed": run_selffeed, "batched": run_batched, "repeat-kv": run_repeat_kv, "unpacked": run_unpacked}

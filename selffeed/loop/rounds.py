@@ -111,9 +111,10 @@ def adopt_round0(cfg: RunConfig, model: Manifest) -> Manifest:
 
 
 def shared_round0(cfg: RunConfig, source: str) -> tuple[Manifest, dict[str, Any] | None]:
-    """Run ``source``'s committed round-0 model (a run in the same ``runs_dir``: another arm of an experiment
-    with the same seed, or this run itself when it continues after adopting its round 0), for ``cfg`` to adopt instead of fine-tuning, and its round-0 metrics where validating
-    under ``cfg`` gives the same figures (:func:`~selffeed.run.keys.same_validation`), else None.
+    """Run ``source``'s committed round-0 model (a run in the same ``runs_dir``: another arm of an experiment with
+    the same seed, or this run itself when it continues after adopting its round 0), for ``cfg`` to adopt instead of
+    fine-tuning, and its round-0 metrics where validating under ``cfg`` gives the same figures
+    (:func:`~selffeed.run.keys.same_validation`), else None.
 
     Raises ConfigError when ``source`` has no committed round 0, or prepared or fine-tuned under other
     settings than ``cfg`` (then its model is not the one ``cfg`` would train)."""

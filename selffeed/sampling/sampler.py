@@ -285,8 +285,7 @@ def generate_batches(
     with contextlib.ExitStack() as fast:
         if cache_arg is not None:
             fast.enter_context(_fused_gelu(model))
-            if model.device.type == "cpu":
-                fast.enter_context(packed_linears(model))
+            fast.enter_context(packed_linears(model))  # CPU weights only
         for b, idx in enumerate(batches, start=first_batch):
             batch = [prompts[i] for i in idx]
             if cache_arg is None:
